@@ -1,0 +1,153 @@
+"""Command line: parse, call the library, print. Heavy libraries are imported inside commands,
+so `--help` and `validate` answer in well under two seconds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import EdgePipelineError
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import Pipeline
+    from .recipe import load_recipe
+    from .report import print_table, write_reports
+    from .artifacts import read_json
+
+    recipe = load_recipe(args.recipe, args.set)
+    out = Path(args.out) if args.out else Path("runs") / recipe.name
+    Pipeline(recipe, out, args.force).run()
+    metrics = read_json(out / "metrics.json")
+    title = recipe.report.title or f"{recipe.name}: stage by stage"
+    rows = write_reports(out, metrics, title)
+    print_table(rows, title)
+    print(f"run folder: {out}  (metrics.json, report.md, report.html)")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    if args.print:
+        print(recipe.resolved_yaml(), end="")
+    else:
+        stages = ", ".join(s.name for s in recipe.stages)
+        print(f"ok: {args.recipe}: recipe {recipe.name!r}, {len(recipe.stages)} stages ({stages})")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .artifacts import atomic_write_json
+    from .convert.inspect import inspect_tflite
+    from .profiling.devices import get_device
+    from .profiling.runner import profile_model
+
+    model = Path(args.model)
+    inspect_tflite(model)  # a corrupt or non-TFLite file fails here, with its name, before any device work
+    device = get_device(args.device_file or args.device)
+    profile = profile_model(model, device, args.threads)
+    text = json.dumps(profile, indent=2)
+    if args.out:
+        atomic_write_json(args.out, profile)
+        lat = profile["latency_ms"]
+        print(f"{device.name}: {model.name} median {lat['median']:.3f} ms, p90 {lat['p90']:.3f} ms, "
+              f"peak {profile['peak_rss_mb']:.1f} MB, valid={profile['valid']} -> {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .convert.inspect import inspect_tflite
+
+    info = inspect_tflite(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['file']}: {info['size_bytes']} bytes, {info['op_count']} ops, {len(info['tensors'])} tensors")
+    for kind in ("inputs", "outputs"):
+        for t in info[kind]:
+            q = t.get("quantization")
+            qtext = f" scale={q['scale']} zero_point={q['zero_point']}" if q else ""
+            print(f"  {kind[:-1]:<6} {t['name']}: {t['dtype']} {t['shape']}{qtext}")
+    print("  ops:")
+    for name, count in info["ops"].items():
+        print(f"    {name:<28} x{count:<4} v{info['op_versions'].get(name, '?')}")
+    print(f"  TRANSPOSE ops: {info['transposes']}; Flex ops: {', '.join(info['flex_ops']) or 'none'}")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from .profiling.devices import catalog, load_device_file
+    from .profiling.transports import make_transport
+
+    for name, path in sorted(catalog().items()):
+        device = load_device_file(path)
+        line = f"{name:<18} {device.transport.kind:<6} {device.arch:<8} {device.runtime.name:<16} {device.description}"
+        if args.check:
+            problem = make_transport(device).check()
+            line += "  [reachable]" if problem is None else f"  [unreachable: {problem}]"
+        print(line)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-pipeline",
+        description="PyTorch CNN -> restructured, pruned, distilled, int8 TFLite, profiled on devices.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-pipeline {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a recipe end to end (cached stages are reused)")
+    p.add_argument("recipe")
+    p.add_argument("--out", help="run folder (default: runs/<recipe name>)")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a recipe value, e.g. stages.2.prune.ratio=0.3")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun this stage even if cached ('all' for every stage)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a recipe without running it")
+    p.add_argument("recipe")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    p.add_argument("--print", action="store_true", help="print the resolved recipe (defaults filled in)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("profile", help="measure one .tflite model on a device")
+    p.add_argument("model")
+    p.add_argument("--device", default="host", help="device name from devices/*.yaml (default: host)")
+    p.add_argument("--device-file", help="a device YAML file (instead of --device)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out", help="write the profile JSON here (default: print it)")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("inspect", help="ops, versions, tensors and quantization of a .tflite model")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("devices", help="list device profiles")
+    p.add_argument("--check", action="store_true", help="also say which are reachable and why not")
+    p.set_defaults(func=cmd_devices)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgePipelineError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"error: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: completed stages stay cached; rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Structural edits as replayable data.
+
+An `Edit` says which transform ran with which config, and lists primitive ops:
+- `replace`: put a module built from a spec at a dotted path;
+- `share`: make a path refer to the same module object as another path (parameter sharing).
+Replaying the ops of every edit, in order, on a freshly built base model gives exactly the
+edited architecture; the weights then load with `strict=True`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from .modspec import build_module, module_spec
+
+
+@dataclass
+class Edit:
+    transform: str
+    config: dict[str, Any] = field(default_factory=dict)
+    ops: list[dict[str, Any]] = field(default_factory=list)
+    # Facts about the edit for reports (replaced layers, kept channels, errors): not replayed.
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, model: nn.Module, path: str, new: nn.Module) -> None:
+        """Apply and record one replacement."""
+        model.set_submodule(path, new)
+        self.ops.append({"op": "replace", "path": path, "module": module_spec(new)})
+
+    def share(self, model: nn.Module, path: str, source: str) -> None:
+        model.set_submodule(path, model.get_submodule(source))
+        self.ops.append({"op": "share", "path": path, "source": source})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Edit":
+        return cls(**data)
+
+
+def replay(model: nn.Module, edits: list[Edit]) -> nn.Module:
+    for edit in edits:
+        for op in edit.ops:
+            if op["op"] == "replace":
+                model.set_submodule(op["path"], build_module(op["module"]))
+            elif op["op"] == "share":
+                model.set_submodule(op["path"], model.get_submodule(op["source"]))
+            else:
+                raise ValueError(f"unknown edit op {op['op']!r} in saved structure")
+    return model

@@ -1,0 +1,84 @@
+"""Export-time rewrites that keep the TFLite graph free of layout TRANSPOSE ops.
+
+TFLite is NHWC; PyTorch is NCHW. Flattening a CxHxW feature map (H*W > 1) into a Linear layer
+depends on the NCHW element order, so onnx2tf must insert a TRANSPOSE before the RESHAPE. The same
+computation is a Conv2d with an HxW kernel over the unflattened map (weights reshaped
+out x C x H x W), after which the map is 1x1 and flattening is layout-free. The rewrite is exact
+and only touches the exported graph: the saved model keeps its Linear layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+PASS_THROUGH = (nn.Dropout, nn.Identity)
+
+
+def _is_flatten(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        m = modules[node.target]
+        return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
+    if node.op == "call_function" and node.target is torch.flatten:
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+        return start == 1 and end == -1
+    return False
+
+
+def _linear_after(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
+    """The single Linear that consumes `node`, possibly through eval-time no-ops (Dropout)."""
+    while len(node.users) == 1:
+        (user,) = node.users
+        if user.op != "call_module":
+            return None
+        module = modules[user.target]
+        if isinstance(module, nn.Linear):
+            return user
+        if not isinstance(module, PASS_THROUGH):
+            return None
+        node = user
+    return None
+
+
+def fold_flatten_linear(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
+    """Return an equivalent module with every Flatten->Linear over a HxW>1 map made a Conv2d."""
+    try:
+        graph_module = fx.symbolic_trace(module.eval())
+        ShapeProp(graph_module).propagate(torch.zeros(input_shape))
+    except Exception:  # untraceable forward (data-dependent control flow): export unchanged
+        return module, 0
+    modules = dict(graph_module.named_modules())
+    folded = 0
+    for node in list(graph_module.graph.nodes):
+        if not _is_flatten(node, modules):
+            continue
+        source = node.args[0]
+        meta = source.meta.get("tensor_meta") if isinstance(source, fx.Node) else None
+        if meta is None or len(meta.shape) != 4 or meta.shape[2] * meta.shape[3] == 1:
+            continue
+        linear_node = _linear_after(node, modules)
+        if linear_node is None:
+            continue
+        _, c, h, w = meta.shape
+        linear: nn.Linear = modules[linear_node.target]
+        conv = nn.Conv2d(c, linear.out_features, (h, w), bias=linear.bias is not None)
+        with torch.no_grad():
+            conv.weight.copy_(linear.weight.view(linear.out_features, c, h, w))
+            if linear.bias is not None:
+                conv.bias.copy_(linear.bias)
+        name = f"nhwc_fold_{folded}"
+        graph_module.add_submodule(name, conv)
+        with graph_module.graph.inserting_before(linear_node):
+            conv_node = graph_module.graph.call_module(name, (source,))
+            flat = graph_module.graph.call_function(torch.flatten, (conv_node, 1))
+        linear_node.replace_all_uses_with(flat)
+        graph_module.graph.erase_node(linear_node)
+        folded += 1
+    if not folded:
+        return module, 0
+    graph_module.graph.eliminate_dead_code()
+    graph_module.delete_all_unused_submodules()
+    graph_module.recompile()
+    return graph_module.eval(), folded

@@ -1,0 +1,289 @@
+"""Runs a recipe's stages in order, with content-addressed caching and resume.
+
+Cache key of stage k = hash(stage type, its canonical config, the cache key and output hashes of
+stage k-1, the recipe's data/model/seed, and the versions of the tools that shape the result).
+Changing stage k therefore reruns k and everything after it, and nothing before it.
+
+Each stage writes into a hidden temp folder; when it succeeds the pipeline records the sha256 of
+every output in `stage.json` and renames the folder into place. On the next run a stage is reused
+only if its `stage.json` key matches and every output file still hashes the same: a truncated,
+edited or half-written artifact is recomputed, never used. A run killed mid-stage leaves only a
+temp folder, which the next run deletes before redoing that stage.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import __version__
+from .artifacts import (
+    TrackedModel,
+    atomic_write_json,
+    atomic_write_text,
+    canonical_json,
+    load_model,
+    read_json,
+    save_model,
+    sha256_file,
+    sha256_text,
+)
+from .errors import PipelineError, UserError
+from .recipe import Recipe, StageSpec
+from .stages.base import config_dump
+from .ui import console, status_line
+
+STAGE_RECORD = "stage.json"
+DETAILS_FILE = "details.json"
+VERSIONED_PACKAGES = ("torch", "tensorflow", "onnx2tf", "ai-edge-litert")
+
+
+def code_fingerprint() -> str:
+    """Hash of this package's source: a code change invalidates caches even at the same version."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"edge-pipeline": f"{__version__}+{code_fingerprint()}"}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
+
+
+@dataclass
+class StageResult:
+    """What a stage hands back. Model stages return `model`; the pipeline saves and evaluates it."""
+
+    model: TrackedModel | None = None
+    # Keys of this stage's metrics.json entry beyond name/type/status/seconds/model (the contract).
+    metrics: dict[str, Any] = field(default_factory=dict)
+    # Everything else worth keeping (history, per-layer facts): written to details.json.
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class StageContext:
+    """Everything a running stage may use: its config, its output folder, data and upstream outputs."""
+
+    def __init__(self, pipeline: "Pipeline", spec: StageSpec, out_dir: Path) -> None:
+        self.pipeline = pipeline
+        self.recipe = pipeline.recipe
+        self.spec = spec
+        self.config = spec.config
+        self.out_dir = out_dir
+        self.run_dir = pipeline.run_dir
+        self.seed = pipeline.recipe.seed
+
+    @property
+    def data(self):
+        return self.pipeline.data
+
+    def upstream(self, produces: str) -> StageSpec:
+        """The latest earlier stage producing `produces` (the recipe validator guarantees one exists)."""
+        for spec in reversed(self.recipe.stages[: self.spec.index]):
+            if spec.stage.produces == produces:
+                return spec
+        raise PipelineError(f"{self.spec.name}: no earlier stage produces a {produces}")
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / self.recipe.stage(name).dirname
+
+    def stage_entry(self, name: str) -> dict[str, Any]:
+        return read_json(self.stage_dir(name) / STAGE_RECORD)["entry"]
+
+    def stage_details(self, name: str) -> dict[str, Any]:
+        path = self.stage_dir(name) / DETAILS_FILE
+        return read_json(path) if path.is_file() else {}
+
+    def load_model(self, name: str | None = None) -> TrackedModel:
+        """The model saved by stage `name`, or by the latest earlier model stage."""
+        spec = self.recipe.stage(name) if name else self.upstream("model")
+        return load_model(self.run_dir / spec.dirname)
+
+
+class Pipeline:
+    def __init__(self, recipe: Recipe, run_dir: str | os.PathLike, force: list[str] | None = None) -> None:
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.force = set(force or [])
+        names = {s.name for s in recipe.stages}
+        unknown = self.force - names - {"all"}
+        if unknown:
+            raise UserError(f"--force {sorted(unknown)[0]}: no such stage; stages are: {', '.join(s.name for s in recipe.stages)}")
+        self.versions = tool_versions()
+        self.entries: list[dict[str, Any]] = []
+        self.manifest: list[dict[str, Any]] = []
+
+    @cached_property
+    def data(self):
+        from .data import build_data
+
+        with status_line(f"loading {self.recipe.data.dataset} data"):
+            return build_data(self.recipe.data, self.recipe.seed)
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def root_key(self) -> str:
+        r = self.recipe
+        return sha256_text(canonical_json({"data": config_dump(r.data), "model": config_dump(r.model), "seed": r.seed}))
+
+    def stage_key(self, spec: StageSpec, upstream: dict[str, Any]) -> str:
+        return sha256_text(
+            canonical_json(
+                {"type": spec.type, "config": config_dump(spec.config), "upstream": upstream, "versions": self.versions}
+            )
+        )
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self) -> list[dict[str, Any]]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            atomic_write_text(self.run_dir / "recipe.resolved.yaml", self.recipe.resolved_yaml())
+            self._remove_stale_dirs()
+            upstream: dict[str, Any] = {"root": self.root_key()}
+            try:
+                for spec in self.recipe.stages:
+                    record = self._run_or_reuse(spec, upstream)
+                    upstream = {"key": record["key"], "outputs": record["outputs"]}
+            finally:
+                self._write_summaries()
+        return self.entries
+
+    def _run_or_reuse(self, spec: StageSpec, upstream: dict[str, Any]) -> dict[str, Any]:
+        key = self.stage_key(spec, upstream)
+        final = self.run_dir / spec.dirname
+        started = time.perf_counter()
+        forced = spec.name in self.force or "all" in self.force
+        record = None if forced else self._valid_record(final, key)
+        if record is not None:
+            status = "cached"
+            console.print(f"[green]✓[/] {spec.dirname:<18} cached")
+        else:
+            status = "done"
+            record = self._execute(spec, key, upstream, final)
+        seconds = round(time.perf_counter() - started, 3)
+        self._publish(spec, final, record)
+        entry = {"name": spec.name, "type": spec.type, "status": status, "seconds": seconds, **record["entry"]}
+        self.entries.append(entry)
+        self.manifest.append(
+            {
+                "name": spec.name, "type": spec.type, "dir": spec.dirname, "status": status, "key": key,
+                "inputs": upstream, "outputs": record["outputs"], "versions": record["versions"],
+                "seconds": record["seconds"],
+            }
+        )
+        self._write_summaries()
+        return record
+
+    def _execute(self, spec: StageSpec, key: str, upstream: dict[str, Any], final: Path) -> dict[str, Any]:
+        tmp = self.run_dir / f".{spec.dirname}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        console.print(f"[cyan]▶[/] {spec.dirname:<18} running")
+        started = time.perf_counter()
+        ctx = StageContext(self, spec, tmp)
+        try:
+            result = spec.stage.run(ctx)
+            entry, details = dict(result.metrics), dict(result.details)
+            if result.model is not None:
+                save_model(result.model, tmp)
+                from .evaluation import model_facts
+
+                facts = model_facts(result.model, self.data, tmp)
+                details["val_accuracy"] = facts.pop("val_accuracy")
+                entry["model"] = facts
+            if details:
+                atomic_write_json(tmp / DETAILS_FILE, details)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        seconds = round(time.perf_counter() - started, 3)
+        outputs = {
+            str(p.relative_to(tmp)): sha256_file(p)
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file() and p.name != STAGE_RECORD
+        }
+        record = {
+            "name": spec.name, "type": spec.type, "key": key, "inputs": upstream, "outputs": outputs,
+            "versions": self.versions, "seconds": seconds, "entry": entry,
+        }
+        atomic_write_json(tmp / STAGE_RECORD, record)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        console.print(f"[green]✓[/] {spec.dirname:<18} done in {seconds:.1f}s")
+        return record
+
+    def _valid_record(self, folder: Path, key: str) -> dict[str, Any] | None:
+        """The stage's record if it matches `key` and every output is intact, else None."""
+        path = folder / STAGE_RECORD
+        if not path.is_file():
+            return None
+        try:
+            record = read_json(path)
+        except UserError:
+            return None
+        if not isinstance(record, dict) or record.get("key") != key:
+            return None
+        for rel, digest in record.get("outputs", {}).items():
+            file = folder / rel
+            if not file.is_file() or sha256_file(file) != digest:
+                console.print(f"[yellow]![/] {folder.name}: {rel} is missing or changed; recomputing the stage")
+                return None
+        return record
+
+    def _publish(self, spec: StageSpec, folder: Path, record: dict[str, Any]) -> None:
+        """Copy profile JSONs to the run's `profiles/` folder (the contract's location)."""
+        for rel in record["entry"].get("profiles", []):
+            src = folder / Path(rel).name
+            dst = self.run_dir / rel
+            if src.is_file() and (not dst.is_file() or sha256_file(dst) != sha256_file(src)):
+                atomic_write_text(dst, src.read_text())
+
+    def _write_summaries(self) -> None:
+        metrics = {"recipe": self.recipe.name, "version": __version__, "stages": self.entries}
+        atomic_write_json(self.run_dir / "metrics.json", metrics)
+        atomic_write_json(
+            self.run_dir / "manifest.json",
+            {"recipe": self.recipe.name, "versions": self.versions, "stages": self.manifest},
+        )
+
+    def _remove_stale_dirs(self) -> None:
+        """Drop leftovers: temp folders of killed runs, and stage folders no longer in the recipe."""
+        wanted = {s.dirname for s in self.recipe.stages}
+        for child in self.run_dir.iterdir():
+            if not child.is_dir():
+                continue
+            if child.name.startswith(".") and child.name.endswith(".tmp"):
+                shutil.rmtree(child, ignore_errors=True)
+            elif len(child.name) > 3 and child.name[:2].isdigit() and child.name[2] == "-" and child.name not in wanted:
+                shutil.rmtree(child, ignore_errors=True)
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        with open(self.run_dir / ".lock", "w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"{self.run_dir}: another edge-pipeline run is using this folder; wait for it or use --out") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,0 +1,1 @@
+"""Device profiles, transports and the on-device agent that measures TFLite latency and memory."""

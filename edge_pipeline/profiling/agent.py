@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""edge-pipeline device agent: time and size one TFLite model on this machine.
+
+Self-contained on purpose: it is copied to boards and phones and run there, so it needs only
+Python 3.8+, numpy and one TFLite runtime (ai-edge-litert, tflite-runtime or tensorflow), and it
+never imports edge_pipeline. It prints one JSON object on stdout.
+
+Modes (each run in a fresh process, as benchmark_model separates them):
+  timing  init, first inference, warmup, then timed runs until both --min-runs and --min-seconds
+          are met (or --max-seconds is hit); latency statistics and validity against the budget.
+  memory  load, allocate and run a few inferences; peak resident memory of the process.
+  outputs run the inputs of --inputs (a .npy, NHWC float) and save dequantized outputs to --save.
+"""
+
+from __future__ import print_function
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+AGENT_VERSION = "1"
+
+
+def load_runtime(preferred):
+    """(name, version, Interpreter class) of the first importable runtime, preferred first."""
+    order = ["ai-edge-litert", "tflite-runtime", "tensorflow"]
+    if preferred and preferred != "auto":
+        order = [preferred]
+    errors = []
+    for name in order:
+        try:
+            if name == "ai-edge-litert":
+                from ai_edge_litert import interpreter as mod
+
+                return name, _dist_version("ai-edge-litert", "ai_edge_litert"), mod.Interpreter
+            if name == "tflite-runtime":
+                from tflite_runtime import interpreter as mod
+
+                return name, _dist_version("tflite-runtime", "tflite_runtime"), mod.Interpreter
+            if name == "tensorflow":
+                import tensorflow as tf
+
+                return name, tf.__version__, tf.lite.Interpreter
+        except Exception as exc:  # ImportError, or a broken native library
+            errors.append("%s: %s" % (name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+    raise RuntimeError("no TFLite runtime importable (%s)" % "; ".join(errors))
+
+
+def _dist_version(dist, module):
+    try:
+        from importlib import metadata
+
+        return metadata.version(dist)
+    except Exception:
+        mod = __import__(module)
+        return getattr(mod, "__version__", "unknown")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key = line.split(":")[0].strip().lower()
+                if key in ("model name", "hardware", "cpu model", "processor") and ":" in line:
+                    value = line.split(":", 1)[1].strip()
+                    if value and not value.isdigit():
+                        return value
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def peak_rss_mb():
+    """Peak resident set size of this process in MB (VmHWM, else getrusage)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return usage / (1024.0 * 1024.0) if sys.platform == "darwin" else usage / 1024.0
+
+
+def current_rss_mb():
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def random_input(detail, np, seed=0):
+    rng = np.random.RandomState(seed)
+    shape = [int(s) for s in detail["shape"]]
+    dtype = detail["dtype"]
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return rng.randint(info.min, info.max + 1, size=shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def quantize(x, detail, np):
+    dtype = detail["dtype"]
+    if not np.issubdtype(dtype, np.integer):
+        return x.astype(dtype)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+
+
+def dequantize(y, detail, np):
+    if not np.issubdtype(detail["dtype"], np.integer):
+        return y.astype(np.float32)
+    scale, zero = detail["quantization"]
+    return (y.astype(np.float32) - zero) * scale
+
+
+def percentile(sorted_values, q):
+    if not sorted_values:
+        return None
+    k = (len(sorted_values) - 1) * q / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+def stats(ms):
+    values = sorted(ms)
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return {
+        "runs": n, "min": values[0], "median": percentile(values, 50), "mean": mean,
+        "p90": percentile(values, 90), "max": values[-1], "std": var ** 0.5,
+    }
+
+
+def make_interpreter(cls, model, threads):
+    return cls(model_path=model, num_threads=threads)
+
+
+def mode_timing(args, np, runtime):
+    name, version, cls = runtime
+    t0 = time.perf_counter()
+    interpreter = make_interpreter(cls, args.model, args.threads)
+    interpreter.allocate_tensors()
+    init_ms = (time.perf_counter() - t0) * 1000.0
+    inputs = interpreter.get_input_details()
+    for detail in inputs:
+        interpreter.set_tensor(detail["index"], random_input(detail, np))
+    t0 = time.perf_counter()
+    interpreter.invoke()
+    first_ms = (time.perf_counter() - t0) * 1000.0
+    warm = []
+    for _ in range(args.warmup):
+        t0 = time.perf_counter()
+        interpreter.invoke()
+        warm.append((time.perf_counter() - t0) * 1000.0)
+    times = []
+    started = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        interpreter.invoke()
+        times.append((time.perf_counter() - t0) * 1000.0)
+        elapsed = time.perf_counter() - started
+        if len(times) >= args.min_runs and elapsed >= args.min_seconds:
+            break
+        if elapsed >= args.max_seconds:
+            break
+    latency = stats(times)
+    reasons = []
+    if latency["runs"] < args.min_runs:
+        reasons.append("only %d timed runs in max_seconds=%g (min_runs=%d)" % (latency["runs"], args.max_seconds, args.min_runs))
+    if elapsed < args.min_seconds:
+        reasons.append("timed for %.2fs < min_seconds=%g" % (elapsed, args.min_seconds))
+    # Noise is judged on a robust spread (1.4826 * median absolute deviation estimates the std of
+    # the bulk): one scheduler hiccup among thousands of runs should not void a measurement, but
+    # a bimodal or drifting run should. The raw std stays in latency_ms.
+    median = latency["median"]
+    mad = percentile(sorted(abs(t - median) for t in times), 50)
+    rel_std = 1.4826 * mad / median if median else 0.0
+    if rel_std > args.max_rel_std:
+        reasons.append("noisy: robust std/median %.2f > max_rel_std %g" % (rel_std, args.max_rel_std))
+    return {
+        "init_ms": init_ms, "first_inference_ms": first_ms,
+        "warmup": {"runs": len(warm), "mean_ms": (sum(warm) / len(warm)) if warm else None},
+        "latency_ms": latency, "timed_seconds": elapsed, "rel_std": rel_std,
+        "valid": not reasons, "invalid_reasons": reasons,
+    }
+
+
+def mode_memory(args, np, runtime):
+    name, version, cls = runtime
+    baseline = current_rss_mb()
+    interpreter = make_interpreter(cls, args.model, args.threads)
+    interpreter.allocate_tensors()
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], random_input(detail, np))
+    for _ in range(max(1, args.memory_runs)):
+        interpreter.invoke()
+    return {"peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline}
+
+
+def mode_outputs(args, np, runtime):
+    name, version, cls = runtime
+    interpreter = make_interpreter(cls, args.model, args.threads)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    data = np.load(args.inputs)
+    results = []
+    for sample in data:
+        interpreter.set_tensor(inp["index"], quantize(sample[None], inp, np))
+        interpreter.invoke()
+        results.append(dequantize(interpreter.get_tensor(out["index"]), out, np)[0])
+    np.save(args.save, np.stack(results))
+    return {"outputs": len(results), "saved": args.save}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Time and size one TFLite model (edge-pipeline agent).")
+    parser.add_argument("model")
+    parser.add_argument("--mode", choices=["timing", "memory", "outputs"], default="timing")
+    parser.add_argument("--runtime", default="auto")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--min-runs", type=int, default=50)
+    parser.add_argument("--min-seconds", type=float, default=1.0)
+    parser.add_argument("--max-seconds", type=float, default=60.0)
+    parser.add_argument("--max-rel-std", type=float, default=0.25)
+    parser.add_argument("--memory-runs", type=int, default=3)
+    parser.add_argument("--inputs", help="outputs mode: .npy of NHWC float inputs")
+    parser.add_argument("--save", help="outputs mode: where to save the outputs (.npy)")
+    args = parser.parse_args(argv)
+
+    result = {"agent_version": AGENT_VERSION, "mode": args.mode}
+    try:
+        import numpy as np
+
+        runtime = load_runtime(args.runtime)
+        result.update({
+            "runtime": {"name": runtime[0], "version": runtime[1]},
+            "arch": platform.machine(), "cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads,
+            "python": platform.python_version(),
+        })
+        if not os.path.isfile(args.model):
+            raise RuntimeError("model file not found: %s" % args.model)
+        handler = {"timing": mode_timing, "memory": mode_memory, "outputs": mode_outputs}[args.mode]
+        result.update(handler(args, np, runtime))
+        result["ok"] = True
+    except Exception as exc:  # report, never a traceback: the caller turns this into one clear line
+        result.update({"ok": False, "error": "%s: %s" % (type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")})
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0 if result["ok"] else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

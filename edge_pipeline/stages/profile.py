@@ -1,0 +1,67 @@
+"""`profile`: latency and memory of the exported TFLite models on each device of the recipe."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import Stage, StageConfig, register_stage
+from .export import Precision
+
+
+class ProfileConfig(StageConfig):
+    devices: list[str] = Field(default_factory=lambda: ["host"], min_length=1, description="Device names (devices/*.yaml).")
+    precisions: list[Precision] | None = Field(None, min_length=1, description="Default: every exported precision.")
+    threads: int | None = Field(None, ge=1, le=256, description="Override each device's thread count.")
+
+
+@register_stage
+class ProfileStage(Stage):
+    type = "profile"
+    Config = ProfileConfig
+    produces = "profiles"
+    needs = ("tflite",)
+
+    def check(self, index, earlier):
+        from ..errors import UserError
+        from ..profiling.devices import get_device
+
+        problems = []
+        for i, name in enumerate(self.config.devices):
+            try:
+                get_device(name)
+            except UserError as exc:
+                problems.append((("devices", i), str(exc)))
+        return problems
+
+    def run(self, ctx):
+        from ..artifacts import atomic_write_json
+        from ..errors import UserError
+        from ..pipeline import StageResult
+        from ..profiling.devices import get_device
+        from ..profiling.runner import profile_model
+        from ..ui import console
+
+        export = ctx.upstream("tflite")
+        artifacts = ctx.stage_entry(export.name)["artifacts"]
+        wanted = self.config.precisions or [a["precision"] for a in artifacts]
+        missing = set(wanted) - {a["precision"] for a in artifacts}
+        if missing:
+            raise UserError(f"stages[{ctx.spec.index}].profile.precisions: {sorted(missing)} were not exported by {export.name}")
+        profiles = []
+        for device_name in self.config.devices:
+            device = get_device(device_name)
+            for artifact in artifacts:
+                if artifact["precision"] not in wanted:
+                    continue
+                model = ctx.run_dir / artifact["path"]
+                profile = profile_model(model, device, self.config.threads)
+                filename = f"{device.name}__{model.stem}.json"
+                atomic_write_json(ctx.out_dir / filename, profile)
+                profiles.append(f"profiles/{filename}")
+                lat = profile["latency_ms"]
+                flag = "" if profile["valid"] else f"  [yellow]invalid: {'; '.join(profile['invalid_reasons'])}[/]"
+                console.print(
+                    f"  {device.name}: {model.name} median {lat['median']:.3f} ms, p90 {lat['p90']:.3f} ms, "
+                    f"peak {profile['peak_rss_mb']:.1f} MB{flag}"
+                )
+        return StageResult(metrics={"profiles": profiles})

@@ -1,0 +1,74 @@
+"""`train`: build the recipe's model (optionally from local weights) and train it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import Stage, StageConfig, register_stage
+
+
+class TrainingConfig(StageConfig):
+    """Optimizer settings shared by `train` and `finetune`."""
+
+    epochs: int = Field(15, ge=0, le=100000)
+    lr: float = Field(0.05, gt=0, le=10)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    batch_size: int | None = Field(None, ge=1, description="Default: data.batch_size.")
+
+    @model_validator(mode="after")
+    def _warmup_fits(self):
+        if self.epochs and self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be <= epochs ({self.epochs})")
+        return self
+
+
+class TrainConfig(TrainingConfig):
+    pass
+
+
+@register_stage
+class TrainStage(Stage):
+    type = "train"
+    Config = TrainConfig
+    produces = "model"
+
+    def check(self, index, earlier):
+        if any(stage.produces == "model" for _, stage in earlier):
+            return [((), "train builds a new model; put it first (use finetune to continue training)")]
+        return []
+
+    def run(self, ctx):
+        import torch
+
+        from ..artifacts import TrackedModel
+        from ..models import BaseSpec, build_model, load_initial_weights
+        from ..pipeline import StageResult
+        from ..training import cross_entropy, fit
+        from ..ui import console
+
+        data, mcfg = ctx.data, ctx.recipe.model
+        base = BaseSpec(
+            arch=mcfg.arch, num_classes=mcfg.num_classes or data.num_classes, in_channels=data.in_channels,
+            image_size=data.image_size, width=mcfg.width,
+        )
+        torch.manual_seed(ctx.seed)
+        module = build_model(base)
+        details = {}
+        if mcfg.weights:
+            left = load_initial_weights(module, mcfg.weights, mcfg.arch)
+            if left:
+                console.print(f"  weights: {len(left)} tensors kept their fresh init (shape differs): {', '.join(left[:4])}")
+            details["weights"] = {"file": mcfg.weights, "fresh_init": left}
+        history = fit(module, data, self.config, ctx.seed, cross_entropy(self.config.label_smoothing), "train")
+        meta = {
+            "class_names": data.class_names, "mean": data.mean, "std": data.std,
+            "input_shape": list(data.input_shape), "layout": "NCHW",
+        }
+        return StageResult(TrackedModel(module, base, [], meta), details={**details, "history": history})

@@ -1,6 +1,7 @@
-"""Reports: the stage-by-stage table (terminal, markdown, HTML)."""
+"""Reports: the stage-by-stage table (terminal, markdown, HTML) and topic sections."""
 
-from .table import Row, build_rows
 from .render import print_table, write_reports
+from .sections import Section, register_section
+from .table import Row, build_rows
 
-__all__ = ["Row", "build_rows", "print_table", "write_reports"]
+__all__ = ["Row", "Section", "build_rows", "print_table", "register_section", "write_reports"]

@@ -266,9 +266,18 @@ def apply_override(data: dict, item: str) -> tuple[tuple, str]:
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         if isinstance(node, list):
+            by_name = loc == ["stages"] and not part.isdigit()
             index = _stage_index(node, part) if loc == ["stages"] else (int(part) if part.isdigit() else None)
             if index is None or not 0 <= index < len(node):
                 raise UserError(f"--set {item}: no item {part!r} in {dotted(loc)} (it has {len(node)} items)")
+            if by_name and not last:
+                # `stages.prune.ratio`: step through the stage's one-key mapping into its body.
+                ((key, body),) = node[index].items()
+                if body is None:
+                    node[index][key] = body = {}
+                loc += [index, key]
+                node = body
+                continue
             part = index
         elif not isinstance(node, dict):
             raise UserError(f"--set {item}: {dotted(loc)} is a value, not a mapping")
@@ -343,6 +352,8 @@ def _describe(err: dict, model: type[BaseModel], loc: tuple) -> str:
     bounds = {"less_than": "<", "less_than_equal": "<=", "greater_than": ">", "greater_than_equal": ">="}
     if kind in bounds:
         limit = next(iter(ctx.values()))
+        if isinstance(limit, float) and limit.is_integer():
+            limit = int(limit)
         return f"must be {bounds[kind]} {limit}, got {got!r}"
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected')}, got {got!r}"

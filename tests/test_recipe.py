@@ -34,7 +34,7 @@ def test_resolved_recipe_round_trips():
 # (name, recipe text, expected line, expected fragment of the message)
 BAD = [
     ("unknown key", GOOD.replace("lr: 0.05}", "lr: 0.05, epoch: 3}"), 6, "stages[0].train.epoch: unknown key 'epoch' (did you mean 'epochs'?)"),
-    ("wrong type", GOOD.replace("epochs: 2, lr: 0.05", "epochs: two, lr: 0.05"), 6, "stages[0].train.epochs: must be an integer, got 'two'"),
+    ("wrong type", GOOD.replace("epochs: 3, lr: 0.05", "epochs: two, lr: 0.05"), 6, "stages[0].train.epochs: must be an integer, got 'two'"),
     ("out of range", GOOD.replace("ratio: 0.5", "ratio: 1.5"), 8, "stages[2].prune.ratio: must be < 1, got 1.5"),
     ("duplicate key", GOOD.replace("seed: 0\n", "seed: 0\nseed: 1\n"), 3, "seed: duplicate key 'seed' (first defined on line 2)"),
     ("unknown stage", GOOD.replace("  - prune:", "  - prunee:"), 8, "stages[2].prunee: unknown stage 'prunee' (did you mean 'prune'?)"),
@@ -54,6 +54,7 @@ BAD = [
 
 @pytest.mark.parametrize("name,text,line,fragment", BAD, ids=[b[0] for b in BAD])
 def test_bad_recipe_gives_one_error_line_with_file_line_and_exit_2(tmp_path, capsys, name, text, line, fragment):
+    assert text != GOOD, "the case's edit did not apply to the base recipe"
     path = write(tmp_path / "bad.yaml", text)
     code = main(["validate", str(path)])
     err = capsys.readouterr().err.strip().splitlines()
@@ -65,7 +66,8 @@ def test_bad_recipe_gives_one_error_line_with_file_line_and_exit_2(tmp_path, cap
 
 
 def test_every_problem_is_reported_at_once(tmp_path):
-    text = GOOD.replace("ratio: 0.5", "ratio: 1.5").replace("epochs: 2, lr: 0.05", "epochs: -1, lr: 0.05")
+    text = GOOD.replace("ratio: 0.5", "ratio: 1.5").replace("epochs: 3, lr: 0.05", "epochs: -1, lr: 0.05")
+    assert text.count("1.5") == 1 and "-1" in text
     with pytest.raises(UserError) as info:
         parse_recipe(text, "r.yaml")
     lines = str(info.value).splitlines()

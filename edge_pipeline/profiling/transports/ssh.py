@@ -126,7 +126,7 @@ class SshTransport(Transport):
             return f"device {name}: {where} refused the login ({text[-160:]}); add your public key to the target's authorized_keys or set transport.identity_file"
         for marker in ("Connection refused", "timed out", "No route to host", "Could not resolve hostname", "Name or service not known", "Network is unreachable"):
             if marker in stderr:
-                return f"device {name}: cannot reach {where} ({marker}); check that it is on, the address and port, or run `edge-pipeline devices --check`"
+                return f"device {name}: cannot reach {where} ({marker}); check that it is on, its address and port"
         return f"device {name}: ssh to {where} failed: {text[-300:] or 'no message'}"
 
     def make_temp_dir(self) -> str:

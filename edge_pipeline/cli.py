@@ -50,7 +50,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
     model = Path(args.model)
     inspect_tflite(model)  # a corrupt or non-TFLite file fails here, with its name, before any device work
     device = get_device(args.device_file or args.device)
-    profile = profile_model(model, device, args.threads)
+    samples = None
+    if args.inputs:
+        import numpy as np
+
+        from .errors import UserError
+
+        try:
+            samples = np.load(args.inputs, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{args.inputs}: not a readable .npy array ({exc})") from None
+    profile = profile_model(model, device, args.threads, samples=samples)
     text = json.dumps(profile, indent=2)
     if args.out:
         atomic_write_json(args.out, profile)
@@ -149,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="host", help="device name from devices/*.yaml (default: host)")
     p.add_argument("--device-file", help="a device YAML file (instead of --device)")
     p.add_argument("--threads", type=int)
+    p.add_argument("--inputs", metavar="NPY", help="NHWC float inputs (.npy, normalized as the model expects): "
+                   "also run them on the device and compare the outputs with this host's")
     p.add_argument("--out", help="write the profile JSON here (default: print it)")
     p.set_defaults(func=cmd_profile)
 

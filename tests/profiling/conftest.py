@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.profiling.tiny_models import make_tiny_models
+from tests.profiling.tiny_models import shared_tiny_models
 
 SSHD = "/usr/sbin/sshd"
 
@@ -23,7 +23,7 @@ SSHD = "/usr/sbin/sshd"
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """float32 + int8 TFLite of a 2-conv net at 16x16, and 8 input samples (~15 s, once)."""
-    return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+    return shared_tiny_models(tmp_path_factory)
 
 
 def device_file(folder: Path, name: str, body: str) -> Path:

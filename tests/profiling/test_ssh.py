@@ -3,6 +3,7 @@ its failure modes: each is one clear `error:` line, exit 2, and leaves nothing o
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -28,8 +29,11 @@ def test_profile_over_ssh_end_to_end(sshd, tiny_models, tmp_path):
 
 def test_profile_command_over_ssh(sshd, tiny_models, tmp_path, capsys):
     out = tmp_path / "p.json"
-    code = cli.main(["profile", str(tiny_models["float32"]), "--device-file", str(sshd.device(tmp_path)), "--out", str(out)])
-    assert code == 0 and out.is_file() and "loopback: model_float32.tflite median" in capsys.readouterr().out
+    code = cli.main(["profile", str(tiny_models["float32"]), "--device-file", str(sshd.device(tmp_path)), "--out", str(out),
+                     "--inputs", str(tiny_models["samples"])])
+    assert code == 0 and "loopback: model_float32.tflite median" in capsys.readouterr().out
+    profile = json.loads(out.read_text())
+    assert profile["device"] == "loopback" and profile["outputs_check"]["match"] and profile["outputs_check"]["samples"] == 8
     assert sshd.leftovers() == []
 
 

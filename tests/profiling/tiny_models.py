@@ -35,3 +35,13 @@ def make_tiny_models(out_dir: Path) -> dict[str, Path]:
     samples = out_dir / "samples.npy"
     np.save(samples, calibration[:8].astype(np.float32))
     return {"float32": Path(files["float32"]), "int8": Path(files["int8"]), "samples": samples}
+
+
+_SHARED: dict[str, dict[str, Path]] = {}
+
+
+def shared_tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """One conversion per test session, shared by the profiling and report fixtures."""
+    if "models" not in _SHARED:
+        _SHARED["models"] = make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+    return _SHARED["models"]

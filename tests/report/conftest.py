@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.profiling.tiny_models import make_tiny_models
+from tests.profiling.tiny_models import shared_tiny_models
 
 SHORT = "budget: {warmup_runs: 2, min_runs: 10, min_seconds: 0.05, max_seconds: 10.0, max_rel_std: 10.0}\n"
 ACCURACY = {"run-a": {"float32": 0.91, "int8": 0.9}, "run-b": {"float32": 0.95, "int8": 0.93}}
@@ -21,7 +21,7 @@ def two_runs(tmp_path_factory) -> list[Path]:
     from edge_pipeline.profiling.runner import profile_model
 
     root = tmp_path_factory.mktemp("compare")
-    models = make_tiny_models(root / "models")
+    models = shared_tiny_models(tmp_path_factory)
     devices = []
     for name, threads in (("fast-1t", 1), ("fast-2t", 2)):
         path = root / f"{name}.yaml"

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RECIPE ?= recipes/quickstart.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench clean system-deps
+.PHONY: install run test test-fast bench bench-profiler clean system-deps emulator
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=/path/to/python3.11"; exit 2; }
@@ -17,10 +17,28 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian packages for device profiling: the aarch64 emulator (qemu-user-static, mmdebstrap), the ssh
+# transport and its loopback test server (openssh-client/-server), and adb. A no-op when present.
+SYSTEM_TOOLS := /usr/bin/qemu-aarch64-static /usr/bin/mmdebstrap /usr/sbin/sshd /usr/bin/ssh /usr/bin/adb
+SYSTEM_PACKAGES := qemu-user-static mmdebstrap openssh-server openssh-client adb
+system-deps:
+	@missing=""; for f in $(SYSTEM_TOOLS); do test -x $$f || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	  else echo "error: need root (or sudo) to apt-get install $(SYSTEM_PACKAGES)"; exit 2; fi; \
+	  echo "installing system packages: $(SYSTEM_PACKAGES)"; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	fi
+
+# The aarch64 emulator's sysroot + wheels, built once under ~/.cache/edge-pipeline (network only here).
+emulator: install system-deps
+	@$(PY) -m edge_pipeline.profiling.emulator --quiet
+
 run: install
 	$(VENV)/bin/edge-pipeline run $(RECIPE)
 
-test: install
+test: install system-deps emulator
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Unit tests only (no end-to-end recipe runs).
@@ -29,6 +47,10 @@ test-fast: install
 
 bench: install
 	$(PY) benchmarks/quickstart.py
+
+# Our agent vs Google's litert-benchmark on the same files (builds a side venv with ai-edge-litert 2.3.0).
+bench-profiler: install
+	$(PY) benchmarks/profiler_agreement.py
 
 clean:
 	rm -rf runs .pytest_cache

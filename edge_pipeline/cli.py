@@ -50,13 +50,24 @@ def cmd_profile(args: argparse.Namespace) -> int:
     model = Path(args.model)
     inspect_tflite(model)  # a corrupt or non-TFLite file fails here, with its name, before any device work
     device = get_device(args.device_file or args.device)
-    profile = profile_model(model, device, args.threads)
+    samples = None
+    if args.inputs:
+        import numpy as np
+
+        from .errors import UserError
+
+        try:
+            samples = np.load(args.inputs, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{args.inputs}: not a readable .npy array ({exc})") from None
+    profile = profile_model(model, device, args.threads, samples=samples)
     text = json.dumps(profile, indent=2)
     if args.out:
         atomic_write_json(args.out, profile)
-        lat = profile["latency_ms"]
-        print(f"{device.name}: {model.name} median {lat['median']:.3f} ms, p90 {lat['p90']:.3f} ms, "
-              f"peak {profile['peak_rss_mb']:.1f} MB, valid={profile['valid']} -> {args.out}")
+        lat, peak = profile["latency_ms"], profile["peak_rss_mb"]
+        emulated = " (emulated)" if profile.get("emulated") else ""
+        print(f"{device.name}{emulated}: {model.name} median {lat['median']:.3f} ms, p90 {lat['p90'] or float('nan'):.3f} ms, "
+              f"peak {'-' if peak is None else format(peak, '.1f')} MB, valid={profile['valid']} -> {args.out}")
     else:
         print(text)
     return 0
@@ -86,13 +97,39 @@ def cmd_devices(args: argparse.Namespace) -> int:
     from .profiling.devices import catalog, load_device_file
     from .profiling.transports import make_transport
 
-    for name, path in sorted(catalog().items()):
+    from .errors import UserError
+
+    files = {name: path for name, path in sorted(catalog().items())}
+    for extra in args.device_file:
+        device = load_device_file(extra)
+        files[device.name] = Path(extra)
+    if args.names:
+        unknown = [n for n in args.names if n not in files]
+        if unknown:
+            raise UserError(f"unknown device {', '.join(map(repr, unknown))}; known: {', '.join(files)}")
+        files = {n: files[n] for n in args.names}
+    unreachable = 0
+    for name, path in files.items():
         device = load_device_file(path)
-        line = f"{name:<18} {device.transport.kind:<6} {device.arch:<8} {device.runtime.name:<16} {device.description}"
+        line = f"{device.name:<18} {device.transport.kind:<6} {device.arch:<8} {device.runtime.name:<16} {device.description}"
         if args.check:
             problem = make_transport(device).check()
-            line += "  [reachable]" if problem is None else f"  [unreachable: {problem}]"
+            unreachable += problem is not None
+            line += "\n  -> reachable" if problem is None else f"\n  -> unreachable: {problem}"
         print(line)
+    if args.check:
+        print(f"{len(files) - unreachable} of {len(files)} devices reachable")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report.compare import load_entries, print_compare, write_compare
+
+    entries = load_entries(args.paths)
+    out = Path(args.out)
+    written = write_compare(entries, out, args.title)
+    print_compare(entries, args.title)
+    print(f"compare: {len(entries)} profiles -> {written['markdown']}, {written['html']}, {out / 'plots'}/*.png")
     return 0
 
 
@@ -122,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="host", help="device name from devices/*.yaml (default: host)")
     p.add_argument("--device-file", help="a device YAML file (instead of --device)")
     p.add_argument("--threads", type=int)
+    p.add_argument("--inputs", metavar="NPY", help="NHWC float inputs (.npy, normalized as the model expects): "
+                   "also run them on the device and compare the outputs with this host's")
     p.add_argument("--out", help="write the profile JSON here (default: print it)")
     p.set_defaults(func=cmd_profile)
 
@@ -130,9 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("devices", help="list device profiles")
+    p = sub.add_parser("devices", help="list device profiles (and, with --check, which are reachable)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these devices (default: all)")
     p.add_argument("--check", action="store_true", help="also say which are reachable and why not")
+    p.add_argument("--device-file", action="append", default=[], metavar="FILE", help="also list this device YAML file")
     p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("compare", help="device x model table and plots from profile files or run dirs")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="profile JSON files, folders of them, or run dirs")
+    p.add_argument("--out", default="runs/compare", help="output folder (default: runs/compare)")
+    p.add_argument("--title", default="Device comparison")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

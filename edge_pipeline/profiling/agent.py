@@ -9,7 +9,12 @@ Modes (each run in a fresh process, as benchmark_model separates them):
   timing  init, first inference, warmup, then timed runs until both --min-runs and --min-seconds
           are met (or --max-seconds is hit); latency statistics and validity against the budget.
   memory  load, allocate and run a few inferences; peak resident memory of the process.
-  outputs run the inputs of --inputs (a .npy, NHWC float) and save dequantized outputs to --save.
+  outputs run the inputs of --inputs (a .npy, NHWC float) and return the dequantized outputs in the
+          JSON (or save them to --save as .npy).
+
+--sha256 makes the agent refuse a model whose hash differs (a truncated or altered copy on a board).
+Per-op timing: the Python interpreter APIs of these runtimes expose no op profiler, so the agent
+reports the model's op list and says so; TFLite's benchmark_model (adb runtime) gives per-op times.
 """
 
 from __future__ import print_function
@@ -21,7 +26,7 @@ import platform
 import sys
 import time
 
-AGENT_VERSION = "1"
+AGENT_VERSION = "2"
 
 
 def load_runtime(preferred):
@@ -149,6 +154,38 @@ def make_interpreter(cls, model, threads):
     return cls(model_path=model, num_threads=threads)
 
 
+def file_sha256(path):
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cpu_affinity():
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def op_profile(interpreter):
+    """Op types in execution order; per-op times are not exposed by the Python interpreter API."""
+    ops = []
+    try:
+        for op in interpreter._get_ops_details():  # noqa: SLF001 - the only way to list ops here
+            ops.append(op.get("op_name"))
+    except Exception:
+        ops = None
+    counts = {}
+    for name in ops or []:
+        counts[name] = counts.get(name, 0) + 1
+    return {"available": False, "op_counts": counts or None,
+            "reason": "the Python interpreter API has no per-op timer; use runtime benchmark_model for per-op times"}
+
+
 def mode_timing(args, np, runtime):
     name, version, cls = runtime
     t0 = time.perf_counter()
@@ -178,6 +215,7 @@ def mode_timing(args, np, runtime):
         if elapsed >= args.max_seconds:
             break
     latency = stats(times)
+    ops = op_profile(interpreter)
     reasons = []
     if latency["runs"] < args.min_runs:
         reasons.append("only %d timed runs in max_seconds=%g (min_runs=%d)" % (latency["runs"], args.max_seconds, args.min_runs))
@@ -195,7 +233,7 @@ def mode_timing(args, np, runtime):
         "init_ms": init_ms, "first_inference_ms": first_ms,
         "warmup": {"runs": len(warm), "mean_ms": (sum(warm) / len(warm)) if warm else None},
         "latency_ms": latency, "timed_seconds": elapsed, "rel_std": rel_std,
-        "valid": not reasons, "invalid_reasons": reasons,
+        "valid": not reasons, "invalid_reasons": reasons, "op_profile": ops,
     }
 
 
@@ -223,8 +261,12 @@ def mode_outputs(args, np, runtime):
         interpreter.set_tensor(inp["index"], quantize(sample[None], inp, np))
         interpreter.invoke()
         results.append(dequantize(interpreter.get_tensor(out["index"]), out, np)[0])
-    np.save(args.save, np.stack(results))
-    return {"outputs": len(results), "saved": args.save}
+    stacked = np.stack(results).astype(np.float32)
+    if args.save:
+        np.save(args.save, stacked)
+        return {"outputs": len(results), "saved": args.save}
+    # Inline: a few samples x classes floats, so any transport can return them in the JSON.
+    return {"outputs": len(results), "shape": list(stacked.shape), "values": stacked.tolist()}
 
 
 def main(argv=None):
@@ -240,7 +282,8 @@ def main(argv=None):
     parser.add_argument("--max-rel-std", type=float, default=0.25)
     parser.add_argument("--memory-runs", type=int, default=3)
     parser.add_argument("--inputs", help="outputs mode: .npy of NHWC float inputs")
-    parser.add_argument("--save", help="outputs mode: where to save the outputs (.npy)")
+    parser.add_argument("--save", help="outputs mode: where to save the outputs (.npy; default: inline in the JSON)")
+    parser.add_argument("--sha256", help="refuse to run unless the model file has this sha256")
     args = parser.parse_args(argv)
 
     result = {"agent_version": AGENT_VERSION, "mode": args.mode}
@@ -251,10 +294,15 @@ def main(argv=None):
         result.update({
             "runtime": {"name": runtime[0], "version": runtime[1]},
             "arch": platform.machine(), "cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads,
-            "python": platform.python_version(),
+            "python": platform.python_version(), "affinity": cpu_affinity(),
         })
         if not os.path.isfile(args.model):
             raise RuntimeError("model file not found: %s" % args.model)
+        if args.sha256:
+            actual = file_sha256(args.model)
+            if actual != args.sha256.lower():
+                raise RuntimeError("model sha256 mismatch: expected %s, got %s (incomplete copy?)" % (args.sha256, actual))
+            result["model_sha256"] = actual
         handler = {"timing": mode_timing, "memory": mode_memory, "outputs": mode_outputs}[args.mode]
         result.update(handler(args, np, runtime))
         result["ok"] = True

@@ -1,0 +1,103 @@
+"""`compare` over two runs x two devices: the table, the fastest/smallest marks, and the PNG plots
+embedded in report.html (opened with PIL and checked)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_pipeline import cli
+from edge_pipeline.errors import UserError
+from edge_pipeline.report.compare import FASTEST, SMALLEST, load_entries, markdown_table, write_compare
+from tests.report.conftest import ACCURACY
+
+
+def test_entries_cover_two_runs_by_two_devices(two_runs):
+    entries = load_entries(two_runs)
+    assert len(entries) == 8
+    assert {e.device for e in entries} == {"fast-1t", "fast-2t"}
+    assert {e.model for e in entries} == {"run-a/model_float32", "run-a/model_int8", "run-b/model_float32", "run-b/model_int8"}
+    for e in entries:
+        assert e.accuracy == ACCURACY[e.run][e.precision] and e.stage == "export"
+        assert e.median_ms > 0 and e.p90_ms >= e.median_ms and e.peak_mb > 10 and e.valid
+
+
+def test_fastest_and_smallest_marked_once_per_device(two_runs):
+    entries = load_entries(two_runs)
+    for device in ("fast-1t", "fast-2t"):
+        group = [e for e in entries if e.device == device]
+        fastest = [e for e in group if FASTEST in e.marks]
+        assert len(fastest) == 1 and fastest[0].median_ms == min(e.median_ms for e in group)
+        smallest = [e for e in group if SMALLEST in e.marks]
+        assert smallest and all(e.precision == "int8" for e in smallest)  # int8 is the smaller file
+        assert all(e.size_bytes == min(x.size_bytes for x in group) for e in smallest)
+
+
+def test_profile_files_inside_a_run_pick_up_accuracy(two_runs):
+    files = sorted((two_runs[0] / "profiles").glob("*.json"))
+    entries = load_entries(files)
+    assert len(entries) == 4 and all(e.accuracy is not None for e in entries)
+
+
+def png(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB"))
+
+
+def test_write_compare_renders_table_and_plots(two_runs, tmp_path):
+    entries = load_entries(two_runs)
+    written = write_compare(entries, tmp_path / "cmp")
+    md = written["markdown"].read_text()
+    rows = [l for l in md.splitlines() if l.startswith("| fast-")]
+    assert len(rows) == 8 and md.count(FASTEST) == 2
+    html = written["html"].read_text()
+    images = re.findall(r"<img src='([^']+)'", html)
+    assert images == ["plots/latency_by_device.png", "plots/accuracy_vs_latency.png"]
+    for rel in images:
+        pixels = png(tmp_path / "cmp" / rel)
+        height, width, _ = pixels.shape
+        assert width >= 600 and height >= 300
+        # A real chart: mostly white background, but with many distinct colors (bars, text, points).
+        assert (pixels == 255).all(axis=-1).mean() > 0.5
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20
+    # the bar colours of the latency plot: the fastest (green) and the others (blue) both appear
+    latency = png(tmp_path / "cmp" / "plots/latency_by_device.png").reshape(-1, 3)
+    assert (np.abs(latency.astype(int) - [0x2a, 0x9d, 0x8f]).sum(axis=1) < 10).sum() > 100
+    assert (np.abs(latency.astype(int) - [0x45, 0x7b, 0x9d]).sum(axis=1) < 10).sum() > 100
+    data = json.loads(written["json"].read_text())
+    assert len(data["entries"]) == 8
+
+
+def test_compare_command(two_runs, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert cli.main(["compare", *map(str, two_runs), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "run-a/model_int8" in printed and "fastest" in printed and "smallest" in printed
+    assert (out / "report.html").is_file() and (out / "plots" / "latency_by_device.png").is_file()
+
+
+def test_compare_bad_paths_exit_2(tmp_path, capsys):
+    assert cli.main(["compare", str(tmp_path / "nope")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"device\": 1")
+    assert cli.main(["compare", str(bad)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_text("{\"hello\": 1}")
+    with pytest.raises(UserError, match="not a profile file"):
+        load_entries([other])
+
+
+def test_emulated_devices_are_labelled(two_runs, tmp_path):
+    profile = json.loads(next((two_runs[0] / "profiles").glob("*.json")).read_text())
+    path = tmp_path / "qemu__m.json"
+    path.write_text(json.dumps({**profile, "device": "qemu-aarch64", "emulated": True}))
+    table = markdown_table(load_entries([path]))
+    assert "qemu-aarch64 (emulated)" in table and "never as device time" in table

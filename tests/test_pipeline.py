@@ -133,7 +133,7 @@ stages:
   - train: {epochs: 1}
   - restructure: {depthwise_separable: {min_channels: 8}}
   - prune: {ratio: 0.5}
-  - finetune: {epochs: 8, distill: {teacher: train}}
+  - finetune: {epochs: 5, distill: {teacher: train}}
 """)
     out = tmp_path / "run"
     proc = subprocess.Popen(
@@ -144,7 +144,7 @@ stages:
     for line in proc.stderr:
         if "04-finetune" in line and "running" in line:
             break
-    time.sleep(0.5)  # well inside the first of 8 epochs
+    time.sleep(0.5)  # well inside the first of 5 epochs
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (out / ".04-finetune.tmp").exists() and not (out / "04-finetune").exists()

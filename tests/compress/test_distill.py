@@ -38,7 +38,7 @@ def test_training_on_the_distillation_loss_reduces_it():
     first = None
     for _ in range(100):
         loss, _ = loss_fn(student, x, y)
-        first = first if first is not None else float(loss)
+        first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -51,6 +51,7 @@ def fold_flatten_linear(module: nn.Module, input_shape: tuple[int, ...]) -> tupl
         return module, 0
     modules = dict(graph_module.named_modules())
     folded = 0
+    renamed: dict[str, str] = {}
     for node in list(graph_module.graph.nodes):
         if not _is_flatten(node, modules):
             continue
@@ -69,6 +70,7 @@ def fold_flatten_linear(module: nn.Module, input_shape: tuple[int, ...]) -> tupl
             if linear.bias is not None:
                 conv.bias.copy_(linear.bias)
         name = f"nhwc_fold_{folded}"
+        renamed[name] = str(linear_node.target)
         graph_module.add_submodule(name, conv)
         with graph_module.graph.inserting_before(linear_node):
             conv_node = graph_module.graph.call_module(name, (source,))
@@ -81,4 +83,6 @@ def fold_flatten_linear(module: nn.Module, input_shape: tuple[int, ...]) -> tupl
     graph_module.graph.eliminate_dead_code()
     graph_module.delete_all_unused_submodules()
     graph_module.recompile()
+    # The Linear each conv replaces, so exported names (and per-layer diagnosis) keep the model's names.
+    graph_module.folded_from = renamed
     return graph_module.eval(), folded

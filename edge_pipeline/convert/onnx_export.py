@@ -30,24 +30,48 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, ops
     check_onnx(path)
 
 
+def rename_scopes(path: Path, renamed: dict[str, str]) -> None:
+    """Rename module scopes in node names ('/nhwc_fold_0/Conv' -> '/classifier.4/Conv')."""
+    if not renamed:
+        return
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        parts = node.name.split("/")
+        node.name = "/".join(renamed.get(p, p) for p in parts)
+    onnx.save(model, str(path))
+
+
 def check_onnx(path: Path) -> None:
-    """Full checker, strict shape inference, and every input/output dimension static."""
+    """Full checker, strict shape inference, and every tensor shape static (inputs, outputs and
+    every intermediate value): TFLite plans memory ahead and onnx2tf needs concrete shapes."""
     import onnx
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
         model = onnx.load(str(path))
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:
         raise PipelineError(f"export: {path.name} fails the ONNX checker: {str(exc).splitlines()[0]}") from None
-    for value in list(model.graph.input) + list(model.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        symbolic = [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
-        if symbolic:
-            raise PipelineError(
-                f"export: {value.name} has symbolic dimensions {symbolic}; TFLite needs static shapes "
-                "(export with a fixed input shape)"
-            )
+    producers = {out: node for node in inferred.graph.node for out in node.output}
+    graph = inferred.graph
+    for kind, values in (("input", graph.input), ("output", graph.output), ("tensor", graph.value_info)):
+        for value in values:
+            if not value.type.HasField("tensor_type"):
+                continue
+            shape = value.type.tensor_type.shape
+            dims = shape.dim if value.type.tensor_type.HasField("shape") else None
+            if dims is None and kind == "tensor":
+                continue  # inference left this one unknown: not evidence of a dynamic shape
+            symbolic = ["?"] if dims is None else [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
+            if symbolic:
+                node = producers.get(value.name)
+                where = f" (output of {node.op_type} node {node.name!r})" if node is not None else ""
+                raise PipelineError(
+                    f"export: {kind} {value.name!r}{where} has symbolic dimensions {symbolic}; TFLite needs static "
+                    "shapes: export with a fixed input shape and avoid shape-dependent ops (x.size(), dynamic reshape)"
+                )
 
 
 def onnxruntime_outputs(path: Path, inputs: np.ndarray) -> np.ndarray:

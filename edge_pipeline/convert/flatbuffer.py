@@ -5,8 +5,6 @@ No TFLite runtime is needed, only the schema module that ai-edge-litert (or tens
 
 from __future__ import annotations
 
-import copy
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -55,45 +53,3 @@ def write_model(model: Any) -> bytes:
     builder = flatbuffers.Builder(1 << 16)
     builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
     return bytes(builder.Output())
-
-
-def _is_constant(model: Any, tensor: Any) -> bool:
-    buffers = model.buffers or []
-    return 0 < tensor.buffer < len(buffers) and buffers[tensor.buffer].data is not None and len(buffers[tensor.buffer].data) > 0
-
-
-def unshare_constants(buf: bytes) -> tuple[bytes, int]:
-    """Give every op its own copy of constant tensors that several ops read.
-
-    TensorFlow merges identical constants, e.g. the all-zero biases of a freshly initialized
-    network. Integer quantizers give a bias the scale input_scale * weight_scale of its op, so a
-    bias shared by two ops gets one op's scale, and the other op fails to prepare
-    ("no_integer_overflow_from_quantization") in the int16x8 quantizer. Copies cost a few bytes.
-    Returns (new buffer, number of copies made).
-    """
-    model = read_model(buf)
-    copies = 0
-    for subgraph in model.subgraphs:
-        uses = Counter(i for op in subgraph.operators or [] for i in (op.inputs if op.inputs is not None else []) if i >= 0)
-        seen: set[int] = set()
-        for op in subgraph.operators or []:
-            inputs = list(op.inputs if op.inputs is not None else [])
-            for position, index in enumerate(inputs):
-                if index < 0 or uses[index] < 2 or not _is_constant(model, subgraph.tensors[index]):
-                    continue
-                if index not in seen:  # the first reader keeps the original
-                    seen.add(index)
-                    continue
-                tensor = copy.deepcopy(subgraph.tensors[index])
-                data = copy.deepcopy(model.buffers[tensor.buffer])
-                model.buffers.append(data)
-                tensor.buffer = len(model.buffers) - 1
-                name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
-                tensor.name = f"{name}_copy{copies}".encode()
-                subgraph.tensors.append(tensor)
-                inputs[position] = len(subgraph.tensors) - 1
-                copies += 1
-            op.inputs = inputs
-    if not copies:
-        return buf, 0
-    return write_model(model), copies

@@ -231,7 +231,7 @@ class ExportStage(Stage):
                     results[precision] = check_device(files[precision], device)
             loads = [p for p in precisions if p in results and results[p].status == "ok"]
             for precision, result in results.items():
-                rows.append({"device": device.name, "precision": precision, **result.to_dict()})
+                rows.append({**result.to_dict(), "device": device.name, "precision": precision, "model": files[precision].name})
                 if result.status == "unverified":
                     console.print(f"  [yellow]{device.name}: {result.line()}[/]")
                 elif not result.ok:

@@ -2,7 +2,8 @@
 
 Models with newer op versions, Flex ops or broken indices are made by editing a real converted
 model's flatbuffer. The tflite-runtime 2.14 checks need its side venv
-(`python -m edge_pipeline.convert.compat install tflite-runtime 2.14.0`, `make runtimes`).
+(`python -m edge_pipeline.convert.compat install tflite-runtime 2.14.0`, `make runtimes`). Tests that
+read the session conversion are marked slow.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from edge_pipeline.convert.compat import check_device, check_model, problems_fro
 from edge_pipeline.convert.flatbuffer import read_model, schema, write_model
 from edge_pipeline.convert.inspect import inspect_tflite
 from edge_pipeline.profiling.devices import DeviceProfile
-
-pytestmark = pytest.mark.slow  # shares the session conversion
 
 TFLITE_214 = runtime_python("tflite-runtime", "2.14")
 needs_tflite_214 = pytest.mark.skipif(
@@ -46,11 +45,13 @@ def make_flex(model):
     code.customCode = b"FlexConv2D"
 
 
+@pytest.mark.slow
 def test_float32_loads_on_this_environment_s_runtime(all_precisions):
     result = check_model(all_precisions.files["float32"], "ai-edge-litert")
     assert result.status == "ok" and result.method == "loaded" and result.version
 
 
+@pytest.mark.slow
 def test_an_op_version_the_runtime_lacks_is_found_by_loading_it(all_precisions, tmp_path):
     path = edited(all_precisions.files["float32"], tmp_path / "future.tflite", set_version("CONV_2D", 99))
     result = check_model(path, "ai-edge-litert")
@@ -59,6 +60,7 @@ def test_an_op_version_the_runtime_lacks_is_found_by_loading_it(all_precisions, 
     assert "ai-edge-litert" in result.fix and "CONV_2D v99" in result.line()
 
 
+@pytest.mark.slow
 def test_known_limit_is_found_statically_without_the_runtime(all_precisions, tmp_path):
     path = edited(all_precisions.files["int8"], tmp_path / "fc12.tflite", set_version("FULLY_CONNECTED", 12))
     result = check_model(path, "tflite-runtime", "2.14", load=False)
@@ -69,6 +71,7 @@ def test_known_limit_is_found_statically_without_the_runtime(all_precisions, tmp
     assert check_model(path, "tflite-runtime", "2.16", load=False).status == "unverified"
 
 
+@pytest.mark.slow
 @needs_tflite_214
 def test_tflite_runtime_2_14_really_rejects_fully_connected_v12(all_precisions, tmp_path):
     path = edited(all_precisions.files["int8"], tmp_path / "fc12.tflite", set_version("FULLY_CONNECTED", 12))
@@ -78,6 +81,7 @@ def test_tflite_runtime_2_14_really_rejects_fully_connected_v12(all_precisions, 
     assert "op version not registered" in result.problems[0].reason
 
 
+@pytest.mark.slow
 @needs_tflite_214
 def test_tflite_runtime_2_14_loads_our_float32_and_int8(all_precisions):
     for precision in ("float32", "int8"):
@@ -85,6 +89,7 @@ def test_tflite_runtime_2_14_loads_our_float32_and_int8(all_precisions):
         assert result.status == "ok" and result.method == "loaded", result.line()
 
 
+@pytest.mark.slow
 def test_flex_ops_are_rejected_unless_the_device_allows_them(all_precisions, tmp_path):
     path = edited(all_precisions.files["float32"], tmp_path / "flex.tflite", make_flex)
     assert inspect_tflite(path)["flex_ops"] == ["FlexConv2D"]
@@ -96,6 +101,7 @@ def test_flex_ops_are_rejected_unless_the_device_allows_them(all_precisions, tmp
     assert check_device(path, lenient, load=False).status == "unverified"
 
 
+@pytest.mark.slow
 def test_a_model_with_broken_indices_is_reported_not_fatal(all_precisions, tmp_path):
     def break_indices(model):
         model.subgraphs[0].operators[0].inputs = [10_000, *model.subgraphs[0].operators[0].inputs[1:]]
@@ -105,6 +111,7 @@ def test_a_model_with_broken_indices_is_reported_not_fatal(all_precisions, tmp_p
     assert result.status == "incompatible" and result.detail
 
 
+@pytest.mark.slow
 def test_inspect_device_flag_exit_code(all_precisions, tmp_path, capsys):
     assert main(["inspect", str(all_precisions.files["int8"]), "--device", "host"]) == 0
     assert "loads on ai-edge-litert" in capsys.readouterr().out

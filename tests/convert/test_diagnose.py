@@ -83,10 +83,11 @@ def test_float_region_stops_at_the_next_weighted_op(all_precisions):
     graph = read_graph(all_precisions.files["float32"])
     ops = [op.name for op in graph.ops]
     first, second = [i for i, name in enumerate(ops) if name == "CONV_2D"]
-    assert float_region(graph, {first}) == {first, second}
+    between = set(range(first, second + 1))  # conv, the PAD of the strided conv, conv
+    assert ops[first + 1:second] == ["PAD"] and float_region(graph, {first}) == between
     tail = float_region(graph, {second})
-    assert first not in tail and ops.index("FULLY_CONNECTED") in tail
-    assert set(denylist(graph, {first})) == {graph.tensors[graph.ops[i].outputs[0]].name for i in (first, second)}
+    assert tail == {second, ops.index("MEAN"), ops.index("FULLY_CONNECTED")}
+    assert set(denylist(graph, {first})) == {graph.tensors[graph.ops[i].outputs[0]].name for i in between}
 
 
 @pytest.mark.slow

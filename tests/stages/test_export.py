@@ -80,8 +80,8 @@ stages:
 """)
     out = tmp_path / "run"
     assert main(["run", str(recipe), "--out", str(out)]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: export: int8 fails the quantization gate:")
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and err[0].startswith("error: export: int8 fails the quantization gate:"), err
     assert "Worst layers: features.0 (CONV_2D" in err[0] and "auto_keep_float" in err[0]
     assert (out / "logs" / "03-export-diagnosis-int8.json").is_file()
     assert statuses(out) == {"train": "done", "quantize": "done"}
@@ -124,6 +124,7 @@ stages:
     assert "| 1 | " in report  # a ranked diagnosis row
 
     # The run folder is enough for `diagnose`: it finds float32, int8, the ONNX model and the calibration set.
+    capsys.readouterr()
     assert main(["diagnose", str(out), "--precision", "int8", "--json"]) == 0
     ranked = json.loads(capsys.readouterr().out)["ranked"]
     assert {r["layer"] for r in ranked} >= {"features.0", "features.3"}
@@ -144,7 +145,7 @@ stages:
   - export: {{target_devices: [{device}]}}
 """)
     assert main(["run", str(recipe), "--out", str(tmp_path / "run")]) == 1
-    err = capsys.readouterr().err
+    err = "\n".join(line for line in capsys.readouterr().err.splitlines() if line.startswith("error:"))
     assert "error: export: device runtime check failed:" in err
     assert "future-board: model_int8.tflite: does not load on tflite-runtime 1.13" in err
     assert "min_runtime_version" in err and "Fix:" in err

@@ -118,9 +118,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """Per-layer error of a reduced-precision .tflite against its float32 reference."""
-    import numpy as np
-
-    from .convert.diagnose import diagnose, format_table
+    from .convert.compat import ensure_loadable
+    from .convert.diagnose import diagnose, diagnosis_inputs, format_table
     from .errors import UserError
 
     paths = [Path(p) for p in args.paths]
@@ -133,18 +132,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         float_path, quant_path = paths
     else:
         raise UserError("diagnose: give a run folder, or FLOAT.tflite QUANT.tflite")
-    if inputs_path is not None:
-        if not inputs_path.is_file():
-            raise UserError(f"{inputs_path}: inputs file not found (a .npy of NHWC float inputs, normalized as in training)")
-        inputs = np.load(inputs_path, allow_pickle=False).astype(np.float32)[: args.samples]
-        source = f"{len(inputs)} inputs from {inputs_path}"
-    else:
-        from .convert.inspect import read_graph
-
-        graph = read_graph(float_path)
-        shape = graph.tensors[graph.inputs[0]].shape[1:]
-        inputs = np.random.default_rng(0).standard_normal((args.samples, *shape)).astype(np.float32)
-        source = f"{args.samples} random normal inputs (pass --inputs for real data)"
+    for path in (float_path, quant_path):
+        ensure_loadable(path)  # in a subprocess first: a corrupt file must not crash this process
+    inputs, source = diagnosis_inputs(float_path, inputs_path, args.samples)
     result = diagnose(float_path, quant_path, inputs, onnx_path)
     if args.json:
         print(json.dumps(result.to_dict(top=args.top), indent=2))

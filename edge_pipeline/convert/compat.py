@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import UserError
 from .inspect import Graph, read_graph
+from .runtime import interpreter_class, load_error_summary
 
 CACHE = Path(os.environ.get("EDGE_PIPELINE_CACHE", "~/.cache/edge-pipeline")).expanduser()
 RUNTIME_HOME = CACHE / "runtimes"
@@ -187,21 +188,18 @@ def policy_problems(graph: Graph, allow_flex: bool) -> list[Problem]:
 
 def static_problems(graph: Graph, runtime: str, version: str | None) -> list[Problem]:
     """What a runtime version is known not to load, without loading."""
+    if not version:
+        return []
     problems = []
-    if version:
-        limits = KNOWN_MAX_OP_VERSIONS.get((runtime, ".".join(map(str, version_tuple(version)[:2]))), {})
-        for op in graph.ops:
-            limit = limits.get(op.name)
-            if limit is not None and op.version > limit:
-                problems.append(Problem(op.name, op.version, f"{runtime} {version} loads {op.name} up to v{limit}"))
-        # min_runtime_version counts in TensorFlow releases, as tflite-runtime does (ai-edge-litert does not).
-        tf_numbered = runtime == "tflite-runtime"
-        if tf_numbered and graph.min_runtime_version and version_tuple(graph.min_runtime_version) > version_tuple(version):
-            problems.append(Problem("(model)", None, f"the model needs runtime >= {graph.min_runtime_version} (min_runtime_version)"))
-    unique: dict[tuple, Problem] = {}
-    for p in problems:
-        unique.setdefault((p.op, p.version, p.reason), p)
-    return list(unique.values())
+    limits = KNOWN_MAX_OP_VERSIONS.get((runtime, ".".join(map(str, version_tuple(version)[:2]))), {})
+    for name, op_version in sorted({(op.name, op.version) for op in graph.ops}):
+        if name in limits and op_version > limits[name]:
+            problems.append(Problem(name, op_version, f"{runtime} {version} loads {name} up to v{limits[name]}"))
+    # min_runtime_version counts in TensorFlow releases, as tflite-runtime does (ai-edge-litert does not).
+    needed = graph.min_runtime_version
+    if runtime == "tflite-runtime" and needed and version_tuple(needed) > version_tuple(version):
+        problems.append(Problem("(model)", None, f"the model needs runtime >= {needed} (min_runtime_version)"))
+    return problems
 
 
 def fix_for(problems: list[Problem], runtime: str, version: str | None) -> str:
@@ -235,8 +233,9 @@ def check_model(
     if outcome is not None and outcome.get("phase") != "import":
         if python == sys.executable and version is None:
             version = installed_version(runtime)
-        problems = policy + ([] if outcome["ok"] else problems_from_error(outcome["error"]) or [Problem("(model)", None, outcome["error"][:200])])
-        detail = "" if outcome["ok"] else f"{outcome['phase']}: {outcome['error'][:240]}"
+        error = "" if outcome["ok"] else load_error_summary(outcome["error"])
+        problems = policy + ([] if outcome["ok"] else problems_from_error(outcome["error"]) or [Problem("(model)", None, error)])
+        detail = f"{outcome['phase']}: {error}" if error else ""
         return Compatibility(str(model), runtime, version, "incompatible" if problems else "ok", "loaded", problems,
                              fix_for(problems, runtime, version) if problems else None, detail)
     problems = policy + static_problems(graph, runtime, version)
@@ -259,6 +258,17 @@ def check_device(model: str | Path, device, load: bool = True) -> Compatibility:
     transport = getattr(device, "transport", None)
     local_python = getattr(transport, "python", None) if getattr(transport, "kind", None) == "local" else None
     return check_model(model, device.runtime.name, device.runtime.version, device.allow_flex, local_python, load)
+
+
+def ensure_loadable(model: str | Path) -> None:
+    """Raise a UserError unless `model` loads and runs in this environment's runtime; the attempt
+    happens in a subprocess, so a file that crashes the runtime cannot take this process down."""
+    name, version, _ = interpreter_class()
+    outcome = load_test(sys.executable, name, Path(model))
+    if not outcome["ok"]:
+        problems = problems_from_error(outcome["error"])
+        what = "; ".join(f"{p.op}{f' v{p.version}' if p.version else ''}: {p.reason}" for p in problems) or load_error_summary(outcome["error"])
+        raise UserError(f"{model}: does not load in {name} {version} ({outcome['phase']}: {what})")
 
 
 def install_runtime(name: str, version: str, python: str | None = None) -> Path:

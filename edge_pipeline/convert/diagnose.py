@@ -360,6 +360,24 @@ def diagnose(
     )
 
 
+def diagnosis_inputs(float_path: str | Path, inputs_path: str | Path | None, samples: int) -> tuple[np.ndarray, str]:
+    """Inputs for `diagnose`: a .npy of NHWC normalized floats, or random normal ones of the model's
+    input shape (real data is better: it has the activation ranges the model will see)."""
+    if inputs_path is not None:
+        path = Path(inputs_path)
+        if not path.is_file():
+            raise UserError(f"{path}: inputs file not found (a .npy of NHWC float inputs, normalized as in training)")
+        try:
+            inputs = np.load(path, allow_pickle=False).astype(np.float32)[:samples]
+        except ValueError as exc:
+            raise UserError(f"{path}: not a numeric .npy array ({exc})") from None
+        return inputs, f"{len(inputs)} inputs from {path}"
+    graph = read_graph(float_path)
+    shape = graph.tensors[graph.inputs[0]].shape[1:]
+    inputs = np.random.default_rng(0).standard_normal((samples, *shape)).astype(np.float32)
+    return inputs, f"{samples} random normal inputs (pass --inputs for real data)"
+
+
 def format_table(rows: Iterable[LayerError | dict], markdown: bool = True) -> str:
     """The ranked offenders as a markdown (or plain) table."""
     rows = [asdict(r) if isinstance(r, LayerError) else r for r in rows]

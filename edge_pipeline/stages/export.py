@@ -88,13 +88,14 @@ class ExportStage(Stage):
             "onnx_vs_torch_rel_error": float(f"{onnx_error:.3e}"), "flatten_linear_folded": folded,
             "float_accuracy": round(float_accuracy, 6), "conversion_seconds": conversion.seconds, "precisions": {},
         }
-        artifacts = [self._evaluate(ctx, p, conversion.files[p], reference, details) for p in precisions]
+        targets = self._targets(ctx)
+        artifacts = [self._evaluate(ctx, p, conversion.files[p], reference, details, targets) for p in precisions]
         inputs = data.sample("test", plan.get("diagnose_samples", 32)).permute(0, 2, 3, 1).numpy()
         details["diagnosis"] = self._diagnose(conversion.files, precisions, inputs, onnx_path)
         if conversion.selective:
             details["keep_float"] = self._keep_float_cost(ctx, conversion, reference, details)
         details["gates"] = self._gates(ctx, plan, precisions, float_accuracy, details)
-        details["compatibility"] = self._compatibility(ctx, conversion.files, precisions)
+        details["compatibility"] = self._compatibility(conversion.files, precisions, targets)
         details["bundle"] = self._bundle(ctx, plan, conversion.files, precisions, details)
         return StageResult(metrics={"artifacts": artifacts}, details=details)
 
@@ -111,14 +112,21 @@ class ExportStage(Stage):
         calib_dir = ctx.stage_dir(ctx.upstream("calibration").name)
         return read_json(calib_dir / PLAN_FILE), np.load(calib_dir / CALIBRATION_FILE)
 
-    def _evaluate(self, ctx, precision: str, path, reference, details) -> dict[str, Any]:
-        """Inspect and evaluate one file; the float32 file must match torch."""
+    def _evaluate(self, ctx, precision: str, path, reference, details, targets) -> dict[str, Any]:
+        """Inspect and evaluate one file; the float32 file must match torch; Flex ops only for a
+        device that allows them."""
         from ..convert.fidelity import fidelity, tflite_logits
         from ..convert.inspect import inspect_tflite
         from ..convert.runtime import interpreter_class
         from ..errors import PipelineError, UserError
 
         info = inspect_tflite(path)
+        if info["flex_ops"] and not any(device.allow_flex for device, _ in targets):
+            raise PipelineError(
+                f"export: {path.name} needs Flex (SELECT_TF_OPS) ops {', '.join(info['flex_ops'])}, which TFLite runtimes "
+                "without the TensorFlow delegate cannot run; replace the layers that need them (see `edge-pipeline inspect "
+                f"{path.name}`), or deploy to a device with `allow_flex: true`"
+            )
         try:
             logits, labels = tflite_logits(path, ctx.data)
         except UserError as exc:
@@ -212,17 +220,15 @@ class ExportStage(Stage):
                 )
         return {**gates, "results": results}
 
-    def _compatibility(self, ctx, files, precisions) -> list[dict[str, Any]]:
+    def _compatibility(self, files, precisions, targets) -> list[dict[str, Any]]:
         """Every file the profile stages will deploy, against each device's runtime (real load where
         the runtime is installed here). Flex ops or ops the runtime lacks stop the run."""
         from ..convert.compat import check_device
         from ..errors import PipelineError
-        from ..profiling.devices import get_device
         from ..ui import console, status_line
 
         rows, failures = [], []
-        for device_name, wanted in self._targets(ctx):
-            device = get_device(device_name)
+        for device, wanted in targets:
             results = {}
             for precision in precisions:
                 if wanted and precision not in wanted:
@@ -241,17 +247,19 @@ class ExportStage(Stage):
             raise PipelineError("export: device runtime check failed:\n" + "\n".join(failures))
         return rows
 
-    def _targets(self, ctx) -> list[tuple[str, list[str] | None]]:
-        """(device, precisions to deploy or None for all) from target_devices or the profile stages
-        that profile this export."""
+    def _targets(self, ctx) -> list[tuple[Any, list[str] | None]]:
+        """(DeviceProfile, precisions to deploy or None for all) from target_devices, or from the
+        profile stages that profile this export."""
+        from ..profiling.devices import get_device
+
         if self.config.target_devices:
-            return [(d, None) for d in self.config.target_devices]
+            return [(get_device(d), None) for d in self.config.target_devices]
         targets = []
         for spec in ctx.recipe.stages[ctx.spec.index + 1:]:
             if spec.type == "export":
                 break
             if spec.type == "profile":
-                targets += [(d, getattr(spec.config, "precisions", None)) for d in spec.config.devices]
+                targets += [(get_device(d), spec.config.precisions) for d in spec.config.devices]
         return targets
 
     def _bundle(self, ctx, plan, files, precisions, details) -> dict[str, Any]:

@@ -110,3 +110,19 @@ def test_diagnose_command_json_and_table(all_precisions, tmp_path, capsys):
 def test_diagnose_command_rejects_wrong_arguments(tmp_path, capsys):
     assert main(["diagnose", str(tmp_path)]) == 2
     assert "no metrics.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_diagnose_command_on_corrupt_files_is_a_clear_error(all_precisions, tmp_path, capsys):
+    from edge_pipeline.convert.flatbuffer import read_model, write_model
+
+    model = read_model(all_precisions.files["int8"])
+    model.subgraphs[0].operators[0].inputs = [10_000, *model.subgraphs[0].operators[0].inputs[1:]]
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(write_model(model))
+    truncated = tmp_path / "truncated.tflite"
+    truncated.write_bytes(all_precisions.files["int8"].read_bytes()[:2000])
+    for bad in (broken, truncated):
+        assert main(["diagnose", str(all_precisions.files["float32"]), str(bad)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {bad}: does not load in ai-edge-litert") and len(err.splitlines()) == 1

@@ -231,11 +231,13 @@ def check_model(
     python = runtime_python(runtime, version, local_python) if load else None
     outcome = load_test(python, runtime, model) if python is not None else None
     if outcome is not None and outcome.get("phase") != "import":
+        note = ""
         if python == sys.executable and version is None:
             version = installed_version(runtime)
+            note = f"no version in the device profile: checked with {runtime} {version} from this environment"
         error = "" if outcome["ok"] else load_error_summary(outcome["error"])
         problems = policy + ([] if outcome["ok"] else problems_from_error(outcome["error"]) or [Problem("(model)", None, error)])
-        detail = f"{outcome['phase']}: {error}" if error else ""
+        detail = f"{outcome['phase']}: {error}" if error else note
         return Compatibility(str(model), runtime, version, "incompatible" if problems else "ok", "loaded", problems,
                              fix_for(problems, runtime, version) if problems else None, detail)
     problems = policy + static_problems(graph, runtime, version)

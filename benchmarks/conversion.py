@@ -110,6 +110,7 @@ def summarize(rows: list[dict]) -> dict:
     archs = sorted({r["arch"] for r in rows}, key=ARCHS.index)
     out = {"converted": sum(1 for r in rows if r.get("ok")), "total": len(rows)}
     out["float32_within_1e-4"] = all(by[(a, "float32")].get("max_rel_error", 1) <= 1e-4 for a in archs)
+    out["failed"] = [f"{r['arch']} {r['precision']}: {r.get('error', '')[:120]}" for r in rows if not r.get("ok")]
     ratios = {}
     for a in archs:
         f32, i8 = by.get((a, "float32"), {}), by.get((a, "int8"), {})
@@ -141,10 +142,18 @@ def main() -> int:
     args = parser.parse_args()
     rows: list[dict] = []
     started = time.perf_counter()
+    from edge_pipeline.errors import EdgePipelineError
+
     with tempfile.TemporaryDirectory(prefix="edge-bench-convert-") as work:
         for arch in args.arch or ARCHS:
             print(f"== {arch}", file=sys.stderr)
-            rows += measure_arch(arch, Path(work), args.raw_init, not args.no_latency)
+            try:
+                arch_rows = measure_arch(arch, Path(work), args.raw_init, not args.no_latency)
+            except EdgePipelineError as exc:  # e.g. the ONNX export itself fails: a result, not a crash
+                arch_rows = [{"arch": arch, "precision": p, "ok": False, "error": str(exc)[:300]} for p in PRECISIONS]
+            for row in arch_rows:
+                print("row " + json.dumps(row), file=sys.stderr, flush=True)
+            rows += arch_rows
     print(table(rows), file=sys.stderr)
     print(json.dumps({"benchmark": "conversion", "image_size": SIZE, "raw_init": args.raw_init,
                       "wall_seconds": round(time.perf_counter() - started, 1), "summary": summarize(rows), "rows": rows},

@@ -87,7 +87,9 @@ stages:
     assert statuses(out) == {"train": "done", "quantize": "done"}
     assert not (out / "03-export").exists()
 
-    assert main(["run", str(recipe), "--out", str(out), "--set", "stages.quantize.auto_keep_float=1"]) == 0
+    # Keep the worst layer in float, and take float32 input/output this time.
+    assert main(["run", str(recipe), "--out", str(out), "--set", "stages.quantize.auto_keep_float=1",
+                 "--set", "stages.quantize.io_type=float32"]) == 0
     assert statuses(out) == {"train": "cached", "quantize": "done", "export": "done", "profile": "done"}
     export = out / "03-export"
     details = json.loads((export / "details.json").read_text())
@@ -114,8 +116,8 @@ stages:
     assert (export / "labels.txt").read_text().split() == [str(i) for i in range(10)]
     meta = json.loads((export / "metadata.json").read_text())
     assert meta["model_precision"] == "int8" and meta["layout"] == "NHWC" and meta["input_shape"] == [1, 16, 16, 1]
-    assert meta["normalization"]["mean"] and meta["files"]["int8"]["dtype"] == "int8"
-    assert meta["files"]["int8"]["input"]["quantization"]["scale"] > 0
+    assert meta["normalization"]["mean"] and meta["files"]["int8"]["dtype"] == "float32"
+    assert "quantization" not in meta["files"]["int8"]["input"]
     assert meta["quantization"]["auto_keep_float"] == 1 and len(meta["recipe_sha256"]) == 64
     assert (export / "model.onnx").is_file()
 

@@ -127,9 +127,10 @@ stages:
 
     # The run folder is enough for `diagnose`: it finds float32, int8, the ONNX model and the calibration set.
     capsys.readouterr()
-    assert main(["diagnose", str(out), "--precision", "int8", "--json"]) == 0
-    ranked = json.loads(capsys.readouterr().out)["ranked"]
-    assert {r["layer"] for r in ranked} >= {"features.0", "features.3"}
+    assert main(["diagnose", str(out), "--precision", "int8", "--json", "--top", "100"]) == 0
+    ranked = {r["layer"]: r for r in json.loads(capsys.readouterr().out)["ranked"]}
+    assert ranked["features.0"]["quant_dtype"] == "float32" and ranked["features.3"]["quant_dtype"] == "float32"
+    assert ranked["features.7"]["quant_dtype"] == "int8"  # after the next weighted layer, int8 again
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,6 @@ class Conversion:
     seconds: dict[str, float]
     # keep_float facts: layers kept in float, denylisted tensors, the auto ranking, the full-int8 file.
     selective: dict[str, Any] | None = None
-    log: Path | None = None
 
 
 def onnx2tf_sample_images(images_nhwc01: np.ndarray) -> np.ndarray:
@@ -108,7 +108,7 @@ def run_conversion(
     selective = result.get("selective")
     if selective:
         selective["full_int8"] = Path(selective["full_int8"])
-    return Conversion({p: Path(f) for p, f in result["files"].items()}, result["seconds"], selective, log_path)
+    return Conversion({p: Path(f) for p, f in result["files"].items()}, result["seconds"], selective)
 
 
 def run_worker(cmd: list[str], work_dir: Path, log_path: Path, timeout: float) -> None:
@@ -118,6 +118,15 @@ def run_worker(cmd: list[str], work_dir: Path, log_path: Path, timeout: float) -
     last_step, error = None, None
     with open(log_path, "w") as log, status_line("converting"):
         proc = subprocess.Popen(cmd, cwd=work_dir, env=worker_env(), stdout=subprocess.PIPE, stderr=log, text=True)
+        # Reading stdout blocks until the worker exits, so the time limit is a timer that kills it.
+        timed_out = threading.Event()
+
+        def stop() -> None:
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, stop)
+        timer.start()
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -132,13 +141,13 @@ def run_worker(cmd: list[str], work_dir: Path, log_path: Path, timeout: float) -
                         error = {"kind": "conversion", "message": line.split(" ", 1)[1].strip()}
                 else:
                     log.write(line)
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise PipelineError(f"export: conversion took longer than {timeout:.0f}s and was stopped; see {log_path}") from None
+            code = proc.wait()
         finally:
+            timer.cancel()
             if proc.poll() is None:
                 proc.kill()
+    if timed_out.is_set():
+        raise PipelineError(f"export: conversion took longer than {timeout:.0f}s and was stopped during {last_step}; see {log_path}")
     if code == 0:
         return
     if code == INPUT_ERROR_EXIT and error and error.get("kind") == "input":

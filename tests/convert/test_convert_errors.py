@@ -102,3 +102,9 @@ def test_keep_float_glob_matching_nothing_lists_the_layers(tmp_path):
                        keep_float=["features.*"])
     message = str(info.value)
     assert "no layer matches 'features.*'" in message and "layers are: 0, " in message
+
+
+def test_a_hanging_converter_is_stopped_at_the_time_limit(tmp_path):
+    hang = "import time; print('@@step onnx2tf', flush=True); time.sleep(60)"
+    with pytest.raises(PipelineError, match=r"took longer than 1s and was stopped during onnx2tf"):
+        run_worker([sys.executable, "-c", hang], tmp_path, tmp_path / "convert.log", timeout=1)

@@ -299,9 +299,6 @@ class Diagnosis:
     def ranked(self) -> list[LayerError]:
         return sorted(self.layers, key=lambda r: (-r.added, -r.error))
 
-    def worst(self, n: int = 3) -> list[LayerError]:
-        return self.ranked()[:n]
-
     def to_dict(self, top: int | None = None) -> dict[str, Any]:
         rows = self.ranked()[:top] if top else self.ranked()
         return {
@@ -397,11 +394,6 @@ def format_table(rows: Iterable[LayerError | dict], markdown: bool = True) -> st
         lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
     return "\n".join(lines)
-
-
-def worst_text(diagnosis: Diagnosis, n: int = 3) -> str:
-    """'features.0 (CONV_2D, added error 0.81), ...' for one-line messages."""
-    return ", ".join(f"{r.layer} ({r.op}, added error {r.added:.3f})" for r in diagnosis.worst(n)) or "none matched"
 
 
 def select_layers(names: Iterable[str], globs: Iterable[str]) -> tuple[list[str], list[str]]:

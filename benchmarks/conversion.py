@@ -49,6 +49,7 @@ def measure_arch(arch: str, work: Path, raw_init: bool, latency: bool) -> list[d
 
     from edge_pipeline.convert.compat import check_model, runtime_python
     from edge_pipeline.convert.inspect import inspect_tflite
+    from edge_pipeline.convert.maxpool import zero_pad_maxpools
     from edge_pipeline.convert.nhwc import fold_flatten_linear
     from edge_pipeline.convert.onnx_export import compare_onnx_to_torch, export_onnx, relative_max_error
     from edge_pipeline.convert.runtime import load_interpreter, run_tflite
@@ -66,6 +67,7 @@ def measure_arch(arch: str, work: Path, raw_init: bool, latency: bool) -> list[d
     exported, _ = fold_flatten_linear(model, shape)
     started = time.perf_counter()
     export_onnx(exported, shape, onnx_path)
+    zero_pad_maxpools(onnx_path)  # as the export stage does
     inputs = rng.standard_normal((16, SIZE, SIZE, 3)).astype(np.float32)
     compare_onnx_to_torch(model, onnx_path, inputs[:8].transpose(0, 3, 1, 2).copy(), 1e-4)
     onnx_seconds = time.perf_counter() - started

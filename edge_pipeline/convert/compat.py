@@ -42,33 +42,47 @@ KNOWN_MAX_OP_VERSIONS: dict[tuple[str, str], dict[str, int]] = {
 
 UPGRADE = "pip install 'ai-edge-litert>=2.1' on the device (the runtime this project converts for)"
 
-# A loader that runs under any runtime's Python (3.8+, numpy, no edge_pipeline): prints one JSON line.
+# A loader that runs under any runtime's Python (3.8+, numpy, no edge_pipeline). It prints a JSON
+# line as it enters each phase, so a crash (abort, segfault) is still located, then a result line.
+# "reference" also runs the model without the default (XNNPACK) delegate, as diagnosis does.
 LOADER = r"""
 import json, sys
-name, model = sys.argv[1], sys.argv[2]
+name, model, modes = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+def say(**fields):
+    print(json.dumps(fields), flush=True)
 try:
     if name == "ai-edge-litert":
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert import interpreter as mod
     elif name == "tflite-runtime":
-        from tflite_runtime.interpreter import Interpreter
+        from tflite_runtime import interpreter as mod
     else:
-        from tensorflow.lite import Interpreter
+        import tensorflow as tf
+        mod = tf.lite.experimental
+        mod.Interpreter = tf.lite.Interpreter
     import numpy as np
 except Exception as exc:
-    print(json.dumps({"ok": False, "phase": "import", "error": "%s: %s" % (type(exc).__name__, exc)}))
+    say(ok=False, phase="import", error="%s: %s" % (type(exc).__name__, exc))
     sys.exit(0)
 phase = "load"
 try:
-    interpreter = Interpreter(model_path=model)
-    phase = "allocate"
-    interpreter.allocate_tensors()
-    phase = "invoke"
-    for detail in interpreter.get_input_details():
-        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
-    interpreter.invoke()
-    print(json.dumps({"ok": True}))
+    for mode in modes:
+        kwargs = {}
+        if mode == "reference":
+            kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        for phase in ("load", "allocate", "invoke"):
+            phase = phase if mode == "default" else "%s (%s)" % (phase, mode)
+            say(phase=phase)
+            if phase.startswith("load"):
+                interpreter = mod.Interpreter(model_path=model, **kwargs)
+            elif phase.startswith("allocate"):
+                interpreter.allocate_tensors()
+            else:
+                for detail in interpreter.get_input_details():
+                    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+                interpreter.invoke()
+    say(ok=True)
 except Exception as exc:
-    print(json.dumps({"ok": False, "phase": phase, "error": str(exc)}))
+    say(ok=False, phase=phase, error=str(exc))
 """
 
 
@@ -148,20 +162,24 @@ def _same_release(installed: str, wanted: str) -> bool:
     return version_tuple(installed)[: len(want)] == want
 
 
-def load_test(python: str, runtime: str, model: Path, timeout: float = 120) -> dict[str, Any]:
-    """Load, allocate and invoke `model` with `runtime` under `python`, in a subprocess."""
+def load_test(python: str, runtime: str, model: Path, reference: bool = False, timeout: float = 120) -> dict[str, Any]:
+    """Load, allocate and invoke `model` with `runtime` under `python`, in a subprocess (also
+    without default delegates if `reference`). {"ok": bool, "phase": ..., "error": ...}."""
+    modes = "default,reference" if reference else "default"
     try:
         proc = subprocess.run(
-            [python, "-c", LOADER, runtime, str(model)], capture_output=True, text=True, timeout=timeout,
+            [python, "-c", LOADER, runtime, str(model), modes], capture_output=True, text=True, timeout=timeout,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
     except subprocess.TimeoutExpired:
         return {"ok": False, "phase": "timeout", "error": f"no answer within {timeout:.0f}s"}
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or [""])[-1][:200]
-        return {"ok": False, "phase": "crash", "error": f"the loader exited with code {proc.returncode}: {tail}"}
-    return json.loads(lines[-1])
+    lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+    if lines and "ok" in lines[-1]:
+        return lines[-1]
+    phase = lines[-1]["phase"] if lines else "start"
+    stderr = [l for l in proc.stderr.strip().splitlines() if l.strip() and not l.startswith("INFO:")]
+    how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+    return {"ok": False, "phase": phase, "error": f"the runtime crashed ({how}) {('after: ' + stderr[-1][:200]) if stderr else ''}".strip()}
 
 
 _MISSING_OP = re.compile(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'")
@@ -262,11 +280,12 @@ def check_device(model: str | Path, device, load: bool = True) -> Compatibility:
     return check_model(model, device.runtime.name, device.runtime.version, device.allow_flex, local_python, load)
 
 
-def ensure_loadable(model: str | Path) -> None:
-    """Raise a UserError unless `model` loads and runs in this environment's runtime; the attempt
-    happens in a subprocess, so a file that crashes the runtime cannot take this process down."""
+def ensure_loadable(model: str | Path, reference: bool = True) -> None:
+    """Raise a UserError unless `model` loads and runs in this environment's runtime (with and,
+    if `reference`, without default delegates); the attempt happens in a subprocess, so a file
+    that crashes the runtime cannot take this process down."""
     name, version, _ = interpreter_class()
-    outcome = load_test(sys.executable, name, Path(model))
+    outcome = load_test(sys.executable, name, Path(model), reference)
     if not outcome["ok"]:
         problems = problems_from_error(outcome["error"])
         what = "; ".join(f"{p.op}{f' v{p.version}' if p.version else ''}: {p.reason}" for p in problems) or load_error_summary(outcome["error"])

@@ -118,5 +118,5 @@ def fold_flatten_linear(module: nn.Module, input_shape: tuple[int, ...]) -> tupl
     graph_module.delete_all_unused_submodules()
     graph_module.recompile()
     # The Linear each conv replaces, so exported names (and per-layer diagnosis) keep the model's names.
-    graph_module.folded_from = renamed
+    graph_module.export_scopes = {**getattr(module, "export_scopes", {}), **renamed}
     return graph_module.eval(), folded

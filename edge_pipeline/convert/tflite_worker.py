@@ -87,7 +87,9 @@ def selective_int8(spec: dict, tf_dir: Path, calibration, full_int8: Path) -> tu
     import tensorflow as tf
     from tensorflow.lite.python.convert import mlir_quantize
 
+    from edge_pipeline.convert.compat import ensure_loadable
     from edge_pipeline.convert.diagnose import diagnose, layer_names, select_layers
+    from edge_pipeline.errors import EdgePipelineError
     from edge_pipeline.convert.inspect import read_graph
     from edge_pipeline.convert.selective import denylist
 
@@ -105,6 +107,10 @@ def selective_int8(spec: dict, tf_dir: Path, calibration, full_int8: Path) -> tu
     ranked: list[dict] = []
     auto = int(spec.get("auto_keep_float") or 0)
     if auto:
+        try:
+            ensure_loadable(full_int8)  # diagnosis runs it in this process: check in a subprocess first
+        except EdgePipelineError as exc:
+            raise RuntimeError(f"auto_keep_float cannot rank layers: {exc}; name layers with keep_float instead") from None
         samples = np.asarray(calibration[: spec.get("diagnose_samples", 32)], np.float32)
         diagnosis = diagnose(calibrated_path, full_int8, samples, spec["onnx"])
         ranked = diagnosis.to_dict(top=max(10, auto))["ranked"]

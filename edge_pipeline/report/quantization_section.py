@@ -54,6 +54,10 @@ def diagnosis_lines(diagnosis: dict[str, Any]) -> list[str]:
 
 def keep_float_lines(cost: dict[str, Any]) -> list[str]:
     full, mixed = cost["full_int8"], cost["mixed"]
+    if "error" in full:
+        return ["", f"Kept in float in the int8 model: {', '.join(cost['layers'])}. The full integer model does not "
+                    f"load ({full['error']}); with float layers: accuracy {_pct(mixed['accuracy'])} %, "
+                    f"host latency {mixed['host_latency_ms']:.4f} ms."]
     return [
         "", f"Kept in float in the int8 model: {', '.join(cost['layers'])} ({cost['denylisted_tensors']} tensors stay float).", "",
         "| int8 model | accuracy | agreement | size | host latency (ms, in-process) |",

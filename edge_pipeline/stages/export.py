@@ -56,8 +56,9 @@ class ExportStage(Stage):
     def run(self, ctx):
         import numpy as np
 
+        from ..convert.maxpool import zero_pad_maxpools
         from ..convert.nhwc import fold_flatten_linear
-        from ..convert.onnx_export import compare_onnx_to_torch, export_onnx, rename_scopes
+        from ..convert.onnx_export import check_onnx, compare_onnx_to_torch, export_onnx, rename_scopes
         from ..convert.tflite_convert import run_conversion
         from ..evaluation import predict
         from ..pipeline import StageResult
@@ -67,7 +68,10 @@ class ExportStage(Stage):
         onnx_path = out / "model.onnx"
         exported, folded = fold_flatten_linear(module, data.input_shape)
         export_onnx(exported, data.input_shape, onnx_path, cfg.opset)
-        rename_scopes(onnx_path, getattr(exported, "folded_from", {}))
+        rename_scopes(onnx_path, getattr(exported, "export_scopes", {}))
+        padded = zero_pad_maxpools(onnx_path)
+        if padded:
+            check_onnx(onnx_path)
         onnx_error = compare_onnx_to_torch(module, onnx_path, data.sample("test", 16).numpy(), cfg.onnx_tolerance)
 
         plan, calibration = self._plan(ctx)
@@ -86,6 +90,7 @@ class ExportStage(Stage):
         float_accuracy = float((reference.argmax(1) == labels.numpy()).mean())
         details: dict[str, Any] = {
             "onnx_vs_torch_rel_error": float(f"{onnx_error:.3e}"), "flatten_linear_folded": folded,
+            "maxpools_zero_padded": padded,
             "float_accuracy": round(float_accuracy, 6), "conversion_seconds": conversion.seconds, "precisions": {},
         }
         targets = self._targets(ctx)
@@ -115,9 +120,9 @@ class ExportStage(Stage):
     def _evaluate(self, ctx, precision: str, path, reference, details, targets) -> dict[str, Any]:
         """Inspect and evaluate one file; the float32 file must match torch; Flex ops only for a
         device that allows them."""
+        from ..convert.compat import ensure_loadable
         from ..convert.fidelity import fidelity, tflite_logits
         from ..convert.inspect import inspect_tflite
-        from ..convert.runtime import interpreter_class
         from ..errors import PipelineError, UserError
 
         info = inspect_tflite(path)
@@ -128,14 +133,12 @@ class ExportStage(Stage):
                 f"{path.name}`), or deploy to a device with `allow_flex: true`"
             )
         try:
-            logits, labels = tflite_logits(path, ctx.data)
+            ensure_loadable(path)  # in a subprocess first: a broken file must not crash this process
         except UserError as exc:
-            runtime, version, _ = interpreter_class()
             raise PipelineError(
-                f"export: {path.name} was written but does not load in {runtime} {version}: {exc}; "
-                "drop this precision from quantize.mode or recalibrate with data closer to deployment"
+                f"export: {exc}; drop this precision from quantize.mode, or keep the failing layers in float"
             ) from None
-        facts = fidelity(logits, labels, reference)
+        facts = fidelity(*tflite_logits(path, ctx.data), reference)
         if precision == "float32" and facts["max_rel_error"] > self.config.float_tolerance:
             raise PipelineError(
                 f"export: float32 TFLite differs from torch by {facts['max_rel_error']:.2e} (relative max-abs), "
@@ -168,29 +171,37 @@ class ExportStage(Stage):
 
     def _keep_float_cost(self, ctx, conversion, reference, details) -> dict[str, Any]:
         """What keeping layers in float bought (accuracy) and cost (size, host latency) vs full int8."""
+        from ..convert.compat import ensure_loadable
         from ..convert.fidelity import fidelity, tflite_logits
         from ..convert.runtime import median_latency_ms
+        from ..errors import UserError
         from ..ui import console, status_line
 
         sel = conversion.selective
-        full = sel["full_int8"]
-        logits, labels = tflite_logits(full, ctx.data)
-        full_facts = fidelity(logits, labels, reference)
+        full, mixed_path = sel["full_int8"], conversion.files["int8"]
+        mixed = details["precisions"]["int8"]
+        cost = {
+            "layers": sel["layers"], "denylisted_tensors": len(sel["denylisted_tensors"]),
+            "auto_ranked": sel.get("auto_ranked", []), "full_int8_file": full.name,
+            "mixed": {"accuracy": mixed["accuracy"], "agreement": mixed["agreement"], "size_bytes": mixed["size_bytes"]},
+        }
+        try:
+            ensure_loadable(full)
+        except UserError as exc:  # the plain int8 model may be the broken one: that is why layers stay float
+            cost["full_int8"] = {"error": str(exc), "size_bytes": full.stat().st_size}
+            cost["mixed"]["host_latency_ms"] = round(median_latency_ms(mixed_path, runs=100), 4)
+            console.print(f"  keep_float {', '.join(sel['layers'])}: the full int8 model does not load; the mixed one does")
+            return cost
+        full_facts = fidelity(*tflite_logits(full, ctx.data), reference)
         with status_line("timing int8 with and without float layers"):
             # Interleaved, so both see the same machine load.
             times = {"full": [], "mixed": []}
             for _ in range(3):
                 times["full"].append(median_latency_ms(full, runs=100))
-                times["mixed"].append(median_latency_ms(conversion.files["int8"], runs=100))
-        mixed = details["precisions"]["int8"]
-        cost = {
-            "layers": sel["layers"], "denylisted_tensors": len(sel["denylisted_tensors"]),
-            "auto_ranked": sel.get("auto_ranked", []), "full_int8_file": full.name,
-            "full_int8": {"accuracy": full_facts["accuracy"], "agreement": full_facts["agreement"],
-                          "size_bytes": full.stat().st_size, "host_latency_ms": round(min(times["full"]), 4)},
-            "mixed": {"accuracy": mixed["accuracy"], "agreement": mixed["agreement"], "size_bytes": mixed["size_bytes"],
-                      "host_latency_ms": round(min(times["mixed"]), 4)},
-        }
+                times["mixed"].append(median_latency_ms(mixed_path, runs=100))
+        cost["full_int8"] = {"accuracy": full_facts["accuracy"], "agreement": full_facts["agreement"],
+                             "size_bytes": full.stat().st_size, "host_latency_ms": round(min(times["full"]), 4)}
+        cost["mixed"]["host_latency_ms"] = round(min(times["mixed"]), 4)
         cost["accuracy_gain"] = round(cost["mixed"]["accuracy"] - cost["full_int8"]["accuracy"], 6)
         cost["latency_ratio"] = round(cost["mixed"]["host_latency_ms"] / max(cost["full_int8"]["host_latency_ms"], 1e-9), 3)
         console.print(

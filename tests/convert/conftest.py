@@ -14,14 +14,15 @@ SIZE = 12
 
 
 def tiny_cnn():
-    """Conv-BN-ReLU x2, pooling and a linear head; BN statistics set from data (see below)."""
+    """Conv-BN-ReLU, a padded max pool (as in ResNet's stem), Conv-BN-ReLU, global pooling and a
+    linear head; BN statistics set from data (see below)."""
     import torch
     from torch import nn
 
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
     )
     # Random weights, but BatchNorm statistics estimated on random inputs, so activations have the
@@ -40,6 +41,7 @@ def normalized_inputs(n: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="session")
 def all_precisions(tmp_path_factory):
     """tiny_cnn converted to every precision (int8 io), with its ONNX model and inputs."""
+    from edge_pipeline.convert.maxpool import zero_pad_maxpools
     from edge_pipeline.convert.onnx_export import export_onnx
     from edge_pipeline.convert.tflite_convert import run_conversion
 
@@ -47,6 +49,7 @@ def all_precisions(tmp_path_factory):
     net = tiny_cnn()
     onnx_path = out / "model.onnx"
     export_onnx(net, (1, 3, SIZE, SIZE), onnx_path)
+    assert zero_pad_maxpools(onnx_path) == 1  # as the export stage does
     calibration = normalized_inputs(64, seed=1)
     conversion = run_conversion(onnx_path, out, ALL_PRECISIONS, np.clip(calibration * 0.25 + 0.5, 0, 1), calibration)
     return SimpleNamespace(net=net, onnx=onnx_path, files=conversion.files, conversion=conversion,
@@ -128,7 +131,7 @@ def hard_model(tmp_path_factory, tiny_data):
     onnx_path = out / "model.onnx"
     exported, _ = fold_flatten_linear(net, tiny_data.input_shape)  # as the export stage does
     export_onnx(exported, tiny_data.input_shape, onnx_path)
-    rename_scopes(onnx_path, exported.folded_from)
+    rename_scopes(onnx_path, exported.export_scopes)
     calibration = np.concatenate([x for x, _ in tiny_data.batches("train", limit=128)]).transpose(0, 2, 3, 1)
     mean, std = np.float32(tiny_data.mean[0]), np.float32(tiny_data.std[0])
     conversion = run_conversion(onnx_path, out, ["float32", "int8"], calibration * std + mean, calibration,

@@ -40,7 +40,7 @@ def test_every_op_is_matched_structurally_and_verified(all_precisions, precision
 def test_layers_are_named_after_the_torch_modules(all_precisions):
     names = layer_names(read_graph(all_precisions.files["float32"]), all_precisions.onnx)
     # nn.Sequential indices of the two convs (BN folded in) and the Linear head.
-    assert {"0", "3", "8"} <= set(names.values())
+    assert {"0", "4", "9"} <= set(names.values())
     assert len(set(names.values())) == len(names)
 
 
@@ -83,8 +83,8 @@ def test_float_region_stops_at_the_next_weighted_op(all_precisions):
     graph = read_graph(all_precisions.files["float32"])
     ops = [op.name for op in graph.ops]
     first, second = [i for i, name in enumerate(ops) if name == "CONV_2D"]
-    between = set(range(first, second + 1))  # conv, the PAD of the strided conv, conv
-    assert ops[first + 1:second] == ["PAD"] and float_region(graph, {first}) == between
+    between = set(range(first, second + 1))  # conv, the max pool's zero PAD, MAX_POOL_2D, conv
+    assert ops[first + 1:second] == ["PAD", "MAX_POOL_2D"] and float_region(graph, {first}) == between
     tail = float_region(graph, {second})
     assert tail == {second, ops.index("MEAN"), ops.index("FULLY_CONNECTED")}
     assert set(denylist(graph, {first})) == {graph.tensors[graph.ops[i].outputs[0]].name for i in between}

@@ -37,7 +37,7 @@ def test_fold_is_exact_and_exports_without_the_pool(tmp_path, pool):
     net = Head(pool).eval()
     shape = (1, 3, 8, 8)  # features end at 2x2: a 7x7 pool of it cannot be exported to ONNX as is
     folded, count = fold_flatten_linear(net, shape)
-    assert count == 1 and folded.folded_from == {"nhwc_fold_0": "classifier.0"}
+    assert count == 1 and folded.export_scopes == {"nhwc_fold_0": "classifier.0"}
     x = torch.randn(4, *shape[1:])
     assert torch.allclose(folded(x), net(x), atol=1e-5)
     modules = [type(m).__name__ for m in folded.modules()]

@@ -224,7 +224,8 @@ class ExportStage(Stage):
                 log = ctx.run_dir / "logs" / f"{ctx.spec.dirname}-diagnosis-{precision}.json"
                 atomic_write_json(log, {"gate_failures": failures, "diagnosis": diagnosis, "fidelity": details["precisions"][precision]})
                 worst = ", ".join(f"{r['layer']} ({r['op']}, added error {r['added']:.3f})" for r in diagnosis.get("ranked", [])[:3])
-                hint = "quantize.auto_keep_float: 1 (or keep_float: [layer])" if precision == "int8" else "another precision"
+                more = plan.get("auto_keep_float", 0) + 1
+                hint = f"quantize.auto_keep_float: {more} (or keep_float: [layer])" if precision == "int8" else "another precision"
                 raise PipelineError(
                     f"export: {precision} fails the quantization gate: {'; '.join(failures)}. "
                     f"Worst layers: {worst or 'diagnosis unavailable'}. Try {hint}; details: {log}"

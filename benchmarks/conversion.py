@@ -49,7 +49,6 @@ def measure_arch(arch: str, work: Path, raw_init: bool, latency: bool) -> list[d
 
     from edge_pipeline.convert.compat import check_model, runtime_python
     from edge_pipeline.convert.inspect import inspect_tflite
-    from edge_pipeline.convert.maxpool import zero_pad_maxpools
     from edge_pipeline.convert.nhwc import fold_flatten_linear
     from edge_pipeline.convert.onnx_export import compare_onnx_to_torch, export_onnx, relative_max_error
     from edge_pipeline.convert.runtime import load_interpreter, run_tflite
@@ -66,8 +65,7 @@ def measure_arch(arch: str, work: Path, raw_init: bool, latency: bool) -> list[d
     onnx_path = folder / "model.onnx"
     exported, _ = fold_flatten_linear(model, shape)
     started = time.perf_counter()
-    export_onnx(exported, shape, onnx_path)
-    zero_pad_maxpools(onnx_path)  # as the export stage does
+    export_onnx(exported, shape, onnx_path, scopes=getattr(exported, "export_scopes", None))
     inputs = rng.standard_normal((16, SIZE, SIZE, 3)).astype(np.float32)
     compare_onnx_to_torch(model, onnx_path, inputs[:8].transpose(0, 3, 1, 2).copy(), 1e-4)
     onnx_seconds = time.perf_counter() - started
@@ -83,12 +81,17 @@ def measure_arch(arch: str, work: Path, raw_init: bool, latency: bool) -> list[d
     host = get_device("host")
     old_runtime = runtime_python("tflite-runtime", "2.14")
     for precision in PRECISIONS:
+        if precision in conversion.failed:
+            rows.append({"arch": arch, "precision": precision, "ok": False, "error": conversion.failed[precision][:300]})
+            continue
         path = conversion.files[precision]
         row = {"arch": arch, "precision": precision, "onnx_seconds": round(onnx_seconds, 2),
                "onnx2tf_seconds": conversion.seconds["onnx2tf"], "seconds": conversion.seconds[precision],
                "size_bytes": path.stat().st_size}
         info = inspect_tflite(path)
         row["transposes"] = info["transposes"]
+        if precision in conversion.float_fallback:
+            row["float_fallback"] = conversion.float_fallback[precision]
         try:
             logits = run_tflite(load_interpreter(path), [inputs])
         except EdgePipelineError as exc:

@@ -147,9 +147,20 @@ def match_graphs(f: Graph, q: Graph) -> Matching:
 
 
 def onnx_layer(node_name: str) -> str:
-    """torch's ONNX node names carry the module path: '/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1'."""
+    """The module path in torch's ONNX node names: one scope per module, named by its attribute,
+    except that a container's child repeats the container ('layer1', 'layer1.0'):
+    'layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1', 'features/features.3/features.3.3/Conv' ->
+    'features.3.3', 'trunk_output/block1/block1-0/f/b/b.0/Conv' -> 'trunk_output.block1.block1-0.f.b.0'."""
     parts = [p for p in node_name.split("/") if p]
-    return parts[-2] if len(parts) >= 2 else (parts[0] if parts else node_name)
+    if len(parts) < 2:
+        return parts[0] if parts else node_name
+    path: list[str] = []
+    for part in parts[:-1]:  # the last part is the op (Conv, Gemm)
+        if path and part.startswith(path[-1] + "."):
+            path[-1] = part
+        else:
+            path.append(part)
+    return ".".join(path)
 
 
 def onnx_weights(onnx_path: str | Path) -> list[tuple[str, np.ndarray]]:

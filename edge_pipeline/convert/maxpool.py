@@ -7,13 +7,11 @@ torchvision's resnet18 the reference kernels abort and XNNPACK refuses the model
 leaves the constant float (PADV2 fails to prepare). After a ReLU the values are >= 0, so zero
 padding gives the same maximum (each window holds at least one real value, since ONNX requires
 padding < kernel): the MaxPool gets an explicit zero Pad in front and no padding of its own, which
-converts to PAD (zero is the zero point) + MAX_POOL_2D. The onnxruntime-vs-torch check that follows
-the export confirms the rewrite is exact.
+converts to PAD (zero is the zero point) + MAX_POOL_2D. `export_onnx` applies it; the
+onnxruntime-vs-torch check that follows the export confirms the rewrite is exact.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 
 def _non_negative(producer, constants: dict) -> bool:
@@ -26,13 +24,11 @@ def _non_negative(producer, constants: dict) -> bool:
     return low is not None and float(low.min()) >= 0.0
 
 
-def zero_pad_maxpools(path: Path) -> int:
-    """Rewrite `path` in place; return how many MaxPool nodes now read an explicit zero Pad."""
+def zero_pad_maxpools(model) -> int:
+    """Rewrite an onnx.ModelProto in place; return how many MaxPool nodes now read an explicit zero Pad."""
     import numpy as np
-    import onnx
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(path))
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
     constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
@@ -55,7 +51,7 @@ def zero_pad_maxpools(path: Path) -> int:
         pads_name = f"{node.name}_zero_pads"
         graph.initializer.append(numpy_helper.from_array(np.asarray(full, np.int64), pads_name))
         padded = f"{node.input[0]}_zero_padded_{count}"
-        scope = node.name.rsplit("/", 1)[0]
+        scope = node.name.rsplit("/", 1)[0] if "/" in node.name else node.name
         nodes.append(helper.make_node("Pad", [node.input[0], pads_name], [padded], name=f"{scope}/Pad", mode="constant"))
         for attribute in node.attribute:
             if attribute.name == "pads":
@@ -66,5 +62,4 @@ def zero_pad_maxpools(path: Path) -> int:
     if count:
         del graph.node[:]
         graph.node.extend(nodes)
-        onnx.save(model, str(path))
     return count

@@ -15,7 +15,19 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
-def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, opset: int = 17) -> None:
+def export_onnx(
+    module: nn.Module, input_shape: tuple[int, ...], path: Path, opset: int = 17, scopes: dict[str, str] | None = None
+) -> dict[str, int]:
+    """Export with a static input shape, then make the graph what onnx2tf converts best, and check it:
+    - onnxsim folds shape arithmetic into constants (ShuffleNet's channel split is Slice(Shape*k));
+    - node names lose their leading '/', which onnx2tf's SavedModel writer rejects for some ops
+      (RegNet's grouped convs), and export-time module names map back to the model's (`scopes`);
+    - padded max pools after a ReLU pad with zeros (see maxpool.py).
+    Returns what changed: {"simplified": 0/1, "maxpools_zero_padded": n}."""
+    import onnx
+
+    from .maxpool import zero_pad_maxpools
+
     module = module.eval()
     example = torch.zeros(input_shape)
     with warnings.catch_warnings():
@@ -27,20 +39,25 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, ops
             )
         except Exception as exc:
             raise PipelineError(f"export: torch.onnx.export failed: {str(exc).splitlines()[0]}") from None
-    check_onnx(path)
-
-
-def rename_scopes(path: Path, renamed: dict[str, str]) -> None:
-    """Rename module scopes in node names ('/nhwc_fold_0/Conv' -> '/classifier.4/Conv')."""
-    if not renamed:
-        return
-    import onnx
-
     model = onnx.load(str(path))
+    model, simplified = _simplify(model)
     for node in model.graph.node:
-        parts = node.name.split("/")
-        node.name = "/".join(renamed.get(p, p) for p in parts)
+        node.name = "/".join((scopes or {}).get(part, part) for part in node.name.split("/")).lstrip("/")
+    padded = zero_pad_maxpools(model)
     onnx.save(model, str(path))
+    check_onnx(path)
+    return {"simplified": int(simplified), "maxpools_zero_padded": padded}
+
+
+def _simplify(model):
+    """onnxsim's simplification when it succeeds and keeps the outputs (it checks on random inputs)."""
+    try:
+        import onnxsim
+
+        simplified, ok = onnxsim.simplify(model)
+    except Exception:  # an op onnxsim cannot run: keep the exporter's graph, the checks still apply
+        return model, False
+    return (simplified, True) if ok else (model, False)
 
 
 def check_onnx(path: Path) -> None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ class Conversion:
     seconds: dict[str, float]
     # keep_float facts: layers kept in float, denylisted tensors, the auto ranking, the full-int8 file.
     selective: dict[str, Any] | None = None
+    failed: dict[str, str] = field(default_factory=dict)  # precision -> why the converter refused it
+    float_fallback: dict[str, list[str]] = field(default_factory=dict)  # precision -> ops left in float
 
 
 def onnx2tf_sample_images(images_nhwc01: np.ndarray) -> np.ndarray:
@@ -64,8 +66,12 @@ def worker_env() -> dict[str, str]:
 
 def convert_to_tflite(onnx_path: Path, out_dir: Path, precisions: list[str], sample_images01: np.ndarray,
                       calibration_nhwc: np.ndarray | None, **options: Any) -> dict[str, Path]:
-    """precision -> `out_dir/model_<precision>.tflite` (see `run_conversion` for the options)."""
-    return run_conversion(onnx_path, out_dir, precisions, sample_images01, calibration_nhwc, **options).files
+    """precision -> `out_dir/model_<precision>.tflite` (see `run_conversion` for the options); any
+    precision the converter refuses is an error here."""
+    conversion = run_conversion(onnx_path, out_dir, precisions, sample_images01, calibration_nhwc, **options)
+    if conversion.failed:
+        raise PipelineError("export: " + "; ".join(f"{p} could not be converted: {m}" for p, m in conversion.failed.items()))
+    return conversion.files
 
 
 def run_conversion(
@@ -108,7 +114,8 @@ def run_conversion(
     selective = result.get("selective")
     if selective:
         selective["full_int8"] = Path(selective["full_int8"])
-    return Conversion({p: Path(f) for p, f in result["files"].items()}, result["seconds"], selective)
+    return Conversion({p: Path(f) for p, f in result["files"].items()}, result["seconds"], selective,
+                      result["failed"], result["float_fallback"])
 
 
 def run_worker(cmd: list[str], work_dir: Path, log_path: Path, timeout: float) -> None:
@@ -164,6 +171,8 @@ _OP_PATTERNS = (  # most specific first: onnx2tf's own failure lines, then its p
     re.compile(r"'op':\s*'([^']+)'"),
 )
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\b:")
+_ONNX2TF_ADVICE = ("onnx_op_name", "The trace log", "Read this and deal", "Alternatively,", "If the input OP",
+                   "Also, for models", "input_onnx_file_path", "Please convert again")
 
 
 def describe_failure(text: str, code: int, last_step: str | None = None, error: dict | None = None) -> str:
@@ -193,8 +202,10 @@ def describe_failure(text: str, code: int, last_step: str | None = None, error: 
         parts.append(f"{error.get('type', 'Error')}: {error['message']}")
     else:
         lines = [l.strip() for l in text.splitlines() if l.strip()]
-        errors = [l for l in lines if _EXCEPTION_LINE.match(l)] or [l for l in lines if "ERROR" in l and "onnx_op_name" not in l]
-        last = errors[-1] if errors else (lines or [""])[-1]
-        if last:
-            parts.append(last[:300])
+        exceptions = [l for l in lines if _EXCEPTION_LINE.match(l)]
+        # onnx2tf's own ERROR lines: the first one states the problem, the rest are generic advice.
+        errors = [l for l in lines if l.startswith("ERROR:") and not any(b in l for b in _ONNX2TF_ADVICE)]
+        detail = exceptions[-1] if exceptions else errors[0] if errors else (lines or [""])[-1]
+        if detail:
+            parts.append(detail[:300])
     return ": ".join(parts)

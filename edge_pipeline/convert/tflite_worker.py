@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -125,7 +126,30 @@ def selective_int8(spec: dict, tf_dir: Path, calibration, full_int8: Path) -> tu
     return model, {"layers": chosen, "denylisted_tensors": nodes, "auto_ranked": ranked}
 
 
+UNSUPPORTED_OP = re.compile(r"not yet supported for op: '(\w+)'")
+
+
+def quantized_model(spec: dict, tf_dir: Path, precision: str, calibration) -> tuple[bytes, list[str]]:
+    """The converter's model for a reduced precision, and the ops left in float. If the integer
+    kernel set lacks an op (int16x8 has no HARD_SWISH), that op alone falls back to float:
+    TFLITE_BUILTINS joins the supported ops, and the report says which ops stayed float."""
+    import tensorflow as tf
+
+    converter = _converter(str(tf_dir), precision, calibration, spec["io_type"], spec["per_channel"])
+    try:
+        return converter.convert(), []
+    except Exception as exc:  # noqa: BLE001 - only the "op not supported" case is retried
+        missing = UNSUPPORTED_OP.findall(str(exc))
+        if not missing or precision not in ("int8", "int16x8"):
+            raise
+    converter = _converter(str(tf_dir), precision, calibration, spec["io_type"], spec["per_channel"])
+    converter.target_spec.supported_ops = list(converter.target_spec.supported_ops) + [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter.convert(), sorted(set(missing))
+
+
 def convert_all(spec: dict) -> dict:
+    """onnx2tf once, then each precision; a reduced precision that fails is recorded, not fatal
+    to the others (the parent decides)."""
     out_dir = Path(spec["out_dir"])
     tf_dir = Path(spec["workdir"]) / "tf"
     stem = Path(spec["onnx"]).stem
@@ -134,7 +158,8 @@ def convert_all(spec: dict) -> dict:
     import onnx2tf
 
     onnx2tf.convert(input_onnx_file_path=spec["onnx"], output_folder_path=str(tf_dir), non_verbose=True)
-    result: dict = {"files": {}, "seconds": {"onnx2tf": round(time.perf_counter() - started, 2)}, "selective": None}
+    result: dict = {"files": {}, "seconds": {"onnx2tf": round(time.perf_counter() - started, 2)},
+                    "selective": None, "failed": {}, "float_fallback": {}}
     calibration = None
     for precision in spec["precisions"]:
         started = time.perf_counter()
@@ -150,8 +175,15 @@ def convert_all(spec: dict) -> dict:
                 import numpy as np
 
                 calibration = np.load(spec["calibration"])
-            converter = _converter(str(tf_dir), precision, calibration, spec["io_type"], spec["per_channel"])
-            target.write_bytes(converter.convert())
+            try:
+                model, fallback = quantized_model(spec, tf_dir, precision, calibration)
+            except Exception as exc:  # noqa: BLE001 - reported per precision
+                text = str(exc).strip().splitlines()
+                result["failed"][precision] = f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+                continue
+            target.write_bytes(model)
+            if fallback:
+                result["float_fallback"][precision] = fallback
             if precision == "int8" and (spec.get("keep_float") or spec.get("auto_keep_float")):
                 step("int8 keep_float")
                 full = out_dir / "model_int8_full.tflite"
@@ -174,8 +206,8 @@ def main(spec_path: str) -> int:
         print("@@error " + json.dumps({"kind": "input", "message": str(exc)}), flush=True)
         return INPUT_ERROR_EXIT
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then re-raised for the log
-        if isinstance(exc, SystemExit) and not exc.code:
-            raise
+        if isinstance(exc, SystemExit):
+            raise  # onnx2tf exits after printing its own ERROR lines: the parent reads them in the log
         message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         print("@@error " + json.dumps({"kind": "conversion", "type": type(exc).__name__, "message": message}), flush=True)
         raise

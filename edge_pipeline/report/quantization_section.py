@@ -88,6 +88,8 @@ def quantization_section(run_dir: Path, metrics: dict[str, Any]) -> Section | No
         lines = [f"Stage **{entry['name']}**: float (torch) accuracy {_pct(details.get('float_accuracy'))} %; "
                  f"ONNX vs torch relative error {details.get('onnx_vs_torch_rel_error')}.", ""]
         lines += fidelity_table(details)
+        for precision, ops in (details.get("float_fallback") or {}).items():
+            lines += ["", f"{precision}: {', '.join(ops)} has no {precision} kernel in TFLite and stays float in that file."]
         lines += diagnosis_lines(details.get("diagnosis", {}))
         if details.get("keep_float"):
             lines += keep_float_lines(details["keep_float"])

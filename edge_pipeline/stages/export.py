@@ -56,22 +56,19 @@ class ExportStage(Stage):
     def run(self, ctx):
         import numpy as np
 
-        from ..convert.maxpool import zero_pad_maxpools
         from ..convert.nhwc import fold_flatten_linear
-        from ..convert.onnx_export import check_onnx, compare_onnx_to_torch, export_onnx, rename_scopes
+        from ..convert.onnx_export import compare_onnx_to_torch, export_onnx
         from ..convert.tflite_convert import run_conversion
+        from ..errors import PipelineError
         from ..evaluation import predict
         from ..pipeline import StageResult
+        from ..ui import console
 
         cfg, data, out = self.config, ctx.data, ctx.out_dir
         module = ctx.load_model().module.eval()
         onnx_path = out / "model.onnx"
         exported, folded = fold_flatten_linear(module, data.input_shape)
-        export_onnx(exported, data.input_shape, onnx_path, cfg.opset)
-        rename_scopes(onnx_path, getattr(exported, "export_scopes", {}))
-        padded = zero_pad_maxpools(onnx_path)
-        if padded:
-            check_onnx(onnx_path)
+        rewrites = export_onnx(exported, data.input_shape, onnx_path, cfg.opset, getattr(exported, "export_scopes", None))
         onnx_error = compare_onnx_to_torch(module, onnx_path, data.sample("test", 16).numpy(), cfg.onnx_tolerance)
 
         plan, calibration = self._plan(ctx)
@@ -85,13 +82,20 @@ class ExportStage(Stage):
             diagnose_samples=plan.get("diagnose_samples", 32),
             log_path=ctx.run_dir / "logs" / f"{ctx.spec.dirname}-convert.log", timeout=cfg.timeout_s,
         )
+        if conversion.failed:
+            raise PipelineError("export: " + "; ".join(
+                f"{p} could not be converted ({message}): drop it from quantize.mode" for p, message in conversion.failed.items()
+            ) + f"; full log: {ctx.run_dir / 'logs' / f'{ctx.spec.dirname}-convert.log'}")
+        for precision, ops in conversion.float_fallback.items():
+            console.print(f"  [yellow]{precision}: {', '.join(ops)} has no {precision} kernel; kept in float[/]")
         logits, labels = predict(module, data.loader("test", batch_size=256))
         reference = logits.numpy()
         float_accuracy = float((reference.argmax(1) == labels.numpy()).mean())
         details: dict[str, Any] = {
             "onnx_vs_torch_rel_error": float(f"{onnx_error:.3e}"), "flatten_linear_folded": folded,
-            "maxpools_zero_padded": padded,
+            **rewrites,
             "float_accuracy": round(float_accuracy, 6), "conversion_seconds": conversion.seconds, "precisions": {},
+            "float_fallback": conversion.float_fallback,
         }
         targets = self._targets(ctx)
         artifacts = [self._evaluate(ctx, p, conversion.files[p], reference, details, targets) for p in precisions]

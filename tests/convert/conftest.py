@@ -41,15 +41,13 @@ def normalized_inputs(n: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="session")
 def all_precisions(tmp_path_factory):
     """tiny_cnn converted to every precision (int8 io), with its ONNX model and inputs."""
-    from edge_pipeline.convert.maxpool import zero_pad_maxpools
     from edge_pipeline.convert.onnx_export import export_onnx
     from edge_pipeline.convert.tflite_convert import run_conversion
 
     out = tmp_path_factory.mktemp("all-precisions")
     net = tiny_cnn()
     onnx_path = out / "model.onnx"
-    export_onnx(net, (1, 3, SIZE, SIZE), onnx_path)
-    assert zero_pad_maxpools(onnx_path) == 1  # as the export stage does
+    assert export_onnx(net, (1, 3, SIZE, SIZE), onnx_path)["maxpools_zero_padded"] == 1
     calibration = normalized_inputs(64, seed=1)
     conversion = run_conversion(onnx_path, out, ALL_PRECISIONS, np.clip(calibration * 0.25 + 0.5, 0, 1), calibration)
     return SimpleNamespace(net=net, onnx=onnx_path, files=conversion.files, conversion=conversion,
@@ -118,7 +116,7 @@ def hard_model(tmp_path_factory, tiny_data):
     """HardNet trained on 16 px digits (~93% after 4 epochs), made hard, converted to float32 + int8 (uint8 io) with
     auto_keep_float: 1. The plain int8 file is kept as model_int8_full.tflite."""
     from edge_pipeline.convert.nhwc import fold_flatten_linear
-    from edge_pipeline.convert.onnx_export import export_onnx, rename_scopes
+    from edge_pipeline.convert.onnx_export import export_onnx
     from edge_pipeline.convert.tflite_convert import run_conversion
     from edge_pipeline.evaluation import predict
 
@@ -130,8 +128,7 @@ def hard_model(tmp_path_factory, tiny_data):
     after, _ = predict(net, tiny_data.loader("test", batch_size=512))
     onnx_path = out / "model.onnx"
     exported, _ = fold_flatten_linear(net, tiny_data.input_shape)  # as the export stage does
-    export_onnx(exported, tiny_data.input_shape, onnx_path)
-    rename_scopes(onnx_path, exported.export_scopes)
+    export_onnx(exported, tiny_data.input_shape, onnx_path, scopes=exported.export_scopes)
     calibration = np.concatenate([x for x, _ in tiny_data.batches("train", limit=128)]).transpose(0, 2, 3, 1)
     mean, std = np.float32(tiny_data.mean[0]), np.float32(tiny_data.std[0])
     conversion = run_conversion(onnx_path, out, ["float32", "int8"], calibration * std + mean, calibration,

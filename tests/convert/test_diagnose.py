@@ -126,3 +126,17 @@ def test_diagnose_command_on_corrupt_files_is_a_clear_error(all_precisions, tmp_
         assert main(["diagnose", str(all_precisions.files["float32"]), str(bad)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: {bad}: does not load in ai-edge-litert") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("node, layer", [
+    ("/conv1/Conv", "conv1"),
+    ("layer1/layer1.0/conv1/Conv", "layer1.0.conv1"),
+    ("/features/features.3/features.3.3/Conv", "features.3.3"),
+    ("trunk_output/block1/block1-0/f/b/b.0/Conv", "trunk_output.block1.block1-0.f.b.0"),
+    ("classifier.0/Conv", "classifier.0"),
+    ("Conv_12", "Conv_12"),
+])
+def test_layer_names_follow_the_module_path(node, layer):
+    from edge_pipeline.convert.diagnose import onnx_layer
+
+    assert onnx_layer(node) == layer

@@ -14,15 +14,16 @@ SIZE = 12
 
 
 def tiny_cnn():
-    """Conv-BN-ReLU, a padded max pool (as in ResNet's stem), Conv-BN-ReLU, global pooling and a
-    linear head; BN statistics set from data (see below)."""
+    """Conv-BN-ReLU, a padded max pool (as in ResNet's stem), Conv-BN-Hardswish (MobileNetV3's
+    activation, which int16x8 has no kernel for), global pooling and a linear head; BN statistics
+    set from data (see below)."""
     import torch
     from torch import nn
 
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Hardswish(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
     )
     # Random weights, but BatchNorm statistics estimated on random inputs, so activations have the

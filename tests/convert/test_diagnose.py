@@ -86,7 +86,7 @@ def test_float_region_stops_at_the_next_weighted_op(all_precisions):
     between = set(range(first, second + 1))  # conv, the max pool's zero PAD, MAX_POOL_2D, conv
     assert ops[first + 1:second] == ["PAD", "MAX_POOL_2D"] and float_region(graph, {first}) == between
     tail = float_region(graph, {second})
-    assert tail == {second, ops.index("MEAN"), ops.index("FULLY_CONNECTED")}
+    assert tail == {second, ops.index("HARD_SWISH"), ops.index("MEAN"), ops.index("FULLY_CONNECTED")}
     assert set(denylist(graph, {first})) == {graph.tensors[graph.ops[i].outputs[0]].name for i in between}
 
 

@@ -76,6 +76,16 @@ def test_reduced_precisions_are_smaller_where_weights_shrink(all_precisions):
     assert sizes["int8"] < sizes["float32"]
 
 
+def test_an_op_without_an_int16_kernel_stays_float_and_is_reported(all_precisions):
+    assert all_precisions.conversion.float_fallback == {"int16x8": ["HARD_SWISH"]}
+    assert all_precisions.conversion.failed == {}
+    from edge_pipeline.convert.inspect import read_graph
+
+    graph = read_graph(all_precisions.files["int16x8"])
+    (swish,) = [op for op in graph.ops if op.name == "HARD_SWISH"]
+    assert graph.tensors[swish.outputs[0]].dtype == "float32"
+
+
 def test_conversion_reports_seconds_per_step(all_precisions):
     seconds = all_precisions.conversion.seconds
     assert set(seconds) == {"onnx2tf", *ALL_PRECISIONS}

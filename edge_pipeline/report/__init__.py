@@ -3,5 +3,6 @@
 from .render import print_table, write_reports
 from .sections import Section, register_section
 from .table import Row, build_rows
+from . import restructure_section  # noqa: F401  (registers the section)
 
 __all__ = ["Row", "Section", "build_rows", "print_table", "register_section", "write_reports"]

@@ -27,7 +27,27 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, ops
             )
         except Exception as exc:
             raise PipelineError(f"export: torch.onnx.export failed: {str(exc).splitlines()[0]}") from None
+    tf_safe_node_names(path)
     check_onnx(path)
+
+
+def tf_safe_node_names(path: Path) -> None:
+    """Drop the leading '/' torch gives node names ('/features/features.0/Conv').
+
+    onnx2tf turns a grouped convolution (groups not 1 and not depthwise) into a Keras Conv2D layer
+    named after the ONNX node, and Keras rejects names starting with '/' (onnx2tf 1.29.24: "OP name
+    does not match the following pattern"). Node names are labels only; the graph is unchanged.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    renamed = False
+    for node in model.graph.node:
+        if node.name.startswith("/"):
+            node.name = node.name.lstrip("/")
+            renamed = True
+    if renamed:
+        onnx.save(model, str(path))
 
 
 def check_onnx(path: Path) -> None:

@@ -329,6 +329,8 @@ def test_torchvision_models(arch, tmp_path):
     for name in TRANSFORMS.names():
         module = copy.deepcopy(pristine)
         config = {"energy": 0.5} if name in ("low_rank", "factorize") else {}
+        if name == "factorize":
+            config["exclude"] = ["layer3*", "layer4*"]  # square 1536x1536 SVDs take seconds each; 8 layers suffice
         if name == "low_rank" and arch.endswith("vgg11_bn"):
             config["layers"] = ["conv"]  # the 25088x4096 FC's SVD alone takes a minute
         cfg = TRANSFORMS.get(name).Config.model_validate(config)

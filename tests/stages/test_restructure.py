@@ -52,12 +52,12 @@ def test_empty_body_means_defaults():
     ("{lowrank: {}}", "r.yaml:7: stages[1].restructure.lowrank: unknown key 'lowrank' (did you mean 'low_rank'?)"),
     ("{}", "restructure needs at least one transform"),
     ("{low_rank: {rank: 4, energy: 0.5}}", "give `rank` or `energy`, not both"),
-    ("{low_rank: {energy: 1.5}}", "stages[1].restructure.low_rank.energy: must be <= 1, got 1.5"),
+    ("{low_rank: {energy: 1.5}}", "stages[1].restructure.low_rank.energy: must be <= 1.0, got 1.5"),
     ("{depthwise_separable: {expansion: 4}}", "expansion only apply with `inverted_residual: true`"),
-    ("{depthwise_separable: {activation: gelu}}", "must be one of 'none', 'relu', 'relu6', 'hardswish'"),
+    ("{depthwise_separable: {activation: gelu}}", "stages[1].restructure.depthwise_separable.activation: must be one of 'none', 'relu', 'relu6' or 'hardswish', got 'gelu'"),
     ("{share: {}, low_rank: {}}", "`share` must be the last transform"),
     ("{grouped_pointwise: {groups: 1}}", "stages[1].restructure.grouped_pointwise.groups: must be >= 2, got 1"),
-    ("{gap_head: {init: svd}}", "must be one of 'fit', 'average', 'random'"),
+    ("{gap_head: {init: svd}}", "gap_head.init: must be one of 'fit', 'average' or 'random', got 'svd'"),
 ])
 def test_bad_configs_name_the_field(body, message):
     with pytest.raises(UserError) as err:
@@ -80,13 +80,14 @@ def test_pipeline_run_records_details_and_reports(tmp_path):
     """train (1 epoch, 16 px digits) -> restructure with four transforms, through the real pipeline."""
     from edge_pipeline.artifacts import load_model
     from edge_pipeline.pipeline import Pipeline
+    from edge_pipeline.report import write_reports
 
-    r = recipe("{depthwise_separable: {include: ['features.1*']}, low_rank: {energy: 0.6}, factorize: {}, "
+    r = recipe("{depthwise_separable: {include: ['features.1*']}, factorize: {}, low_rank: {energy: 0.6}, "
                "gap_head: {}, calibration_samples: 64}")
     Pipeline(r, tmp_path).run()
     stage = tmp_path / "02-restructure"
     details = json.loads((stage / "details.json").read_text())
-    assert details["order"] == ["depthwise_separable", "low_rank", "factorize", "gap_head"]
+    assert details["order"] == ["depthwise_separable", "factorize", "low_rank", "gap_head"]
     assert details["calibration_samples"] == 64
     transforms = details["transforms"]
     for name in details["order"]:
@@ -96,12 +97,13 @@ def test_pipeline_run_records_details_and_reports(tmp_path):
         assert facts["macs_after"] <= facts["macs_before"], name
         assert 0 <= facts["reconstruction"]["mean"] <= facts["reconstruction"]["max"]
     # each transform starts where the previous one left off
-    assert transforms["low_rank"]["params_before"] == transforms["depthwise_separable"]["params_after"]
+    assert transforms["factorize"]["params_before"] == transforms["depthwise_separable"]["params_after"]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["stages"][1]["model"]["params"] == transforms["gap_head"]["params_after"]
     model = load_model(stage)
     assert [e.transform for e in model.edits] == details["order"]
 
+    write_reports(tmp_path, metrics, "t")
     report = (tmp_path / "report.md").read_text()
     assert "## Restructure" in report
     for name in details["order"]:
@@ -110,7 +112,7 @@ def test_pipeline_run_records_details_and_reports(tmp_path):
 
     # unchanged recipe: cached; reordered transforms: the restructure stage reruns
     assert [e["status"] for e in Pipeline(r, tmp_path).run()] == ["cached", "cached"]
-    swapped = recipe("{depthwise_separable: {include: ['features.1*']}, factorize: {}, low_rank: {energy: 0.6}, "
+    swapped = recipe("{depthwise_separable: {include: ['features.1*']}, low_rank: {energy: 0.6}, factorize: {}, "
                      "gap_head: {}, calibration_samples: 64}")
     assert [e["status"] for e in Pipeline(swapped, tmp_path).run()] == ["cached", "done"]
 

@@ -150,6 +150,27 @@ def test_random_init_is_seeded(name):
     assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("name", TRANSFORMS.names())
+def test_prune_after_restructure_reloads_exactly(name, tmp_path):
+    """The quickstart order (restructure -> prune): pruning must work on every new structure and the
+    saved result must replay (grouped convs are kept whole; shared layers stay shared)."""
+    from edge_pipeline.compress.prune import prune_filters
+
+    arch, size, steps = EXAMPLES[name][0]
+    model = build(arch, size)
+    restructure(model, steps)
+    params = sum(p.numel() for p in model.module.parameters())
+    model.edits.append(prune_filters(model.module, torch.zeros(1, 1, size, size), 0.5, round_to=4))
+    assert sum(p.numel() for p in model.module.parameters()) < params
+    x = calibration(model, 4)
+    save_model(model, tmp_path)
+    loaded = load_model(tmp_path).module
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.module.eval()(x))
+    if name == "share":
+        assert loaded.layer1[2].conv1 is loaded.layer1[0].conv1
+
+
 # ---------------------------------------------------------------------------------------------
 # SVD initialization: the error falls as the rank grows, and full rank reproduces the layer
 

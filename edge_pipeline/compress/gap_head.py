@@ -13,10 +13,11 @@ Where the pooling goes (found by tracing the model with torch.fx):
 - else a single layer right before the flatten (e.g. a max-pool): it is followed by AdaptiveAvgPool2d(1).
 
 Initialization:
-- `fit` (default): least squares on calibration data. The new Linear's weights and bias minimize
+- `fit` (default): ridge regression on calibration data. The new Linear's weights and bias minimize
   the squared difference between its outputs on the pooled features and the old Linear's outputs
-  on the flattened map (a small ridge term keeps it well-posed with fewer samples than features).
-  This is the best any GAP head can do on those inputs, since GAP + Linear is linear.
+  on the flattened map, plus a ridge penalty chosen by 4-fold cross-validation on those inputs
+  (the largest penalty within 5% of the best held-out error: less regularized fits use such large
+  weights that fine-tuning at the quickstart's lr derails, see `cross_validated_ridge`).
 - `average`: data-free; W'[:, c] = sum over positions of W[:, c, h, w]. It reproduces the old layer
   exactly when the map is spatially constant (e.g. an adaptive pool that upsampled a 1x1 map).
 - `random`: PyTorch's default init.
@@ -142,7 +143,7 @@ def _capture(model: nn.Module, module: nn.Module, inputs: torch.Tensor, want: st
 def least_squares(features: torch.Tensor, targets: torch.Tensor, with_bias: bool = True,
                   ridge: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight out x C, bias out) minimizing |features @ W^T + b - targets|^2 + ridge * scale * |W|^2
-    (b = 0 without bias)."""
+    (b = 0 without bias; scale = mean feature variance, so `ridge` is relative)."""
     x, t = features.double(), targets.double()
     mean_x = x.mean(0) if with_bias else torch.zeros(x.shape[1], dtype=x.dtype)
     mean_t = t.mean(0) if with_bias else torch.zeros(t.shape[1], dtype=t.dtype)
@@ -152,6 +153,41 @@ def least_squares(features: torch.Tensor, targets: torch.Tensor, with_bias: bool
     weight = torch.linalg.solve(gram + ridge * scale * torch.eye(len(gram), dtype=gram.dtype), xc.T @ tc).T
     bias = mean_t - weight @ mean_x
     return weight.float(), bias.float()
+
+
+RIDGES = tuple(10.0 ** e for e in range(-6, 2))
+
+
+@torch.no_grad()
+def cross_validated_ridge(features: torch.Tensor, targets: torch.Tensor, with_bias: bool = True, folds: int = 4,
+                          tolerance: float = 0.05) -> float:
+    """The largest ridge (relative) whose held-out RMS error over `folds` interleaved folds is within
+    `tolerance` (relative) or one standard error of the best (a parsimony rule like Hastie et al.'s
+    one-standard-error rule).
+
+    GAP has to stand in for spatial detail, and the best held-out fit does it with large weights
+    on low-variance feature directions (vgg_small on digits: |W| 188 vs 8.7 for the old layer).
+    Those weights also scale the gradients into the conv trunk: fine-tuning at the quickstart's lr
+    then dropped from 96.7% to 57.8% in the first epoch. Ridge 10x larger fits held-out data 4%
+    worse (RMS), starts at the same accuracy and fine-tuned to 98.5% (measured, 2 epochs).
+    """
+    n = len(features)
+    if n < 2 * folds:
+        return 0.1
+    index = torch.arange(n)
+    means, errors = [], []
+    for ridge in RIDGES:
+        per_fold = []
+        for k in range(folds):
+            held = index % folds == k
+            w, b = least_squares(features[~held], targets[~held], with_bias, ridge)
+            per_fold.append(float((features[held] @ w.T + b - targets[held]).pow(2).mean()))
+        fold_errors = torch.tensor(per_fold, dtype=torch.float64)
+        means.append(float(fold_errors.mean()))
+        errors.append(float(fold_errors.std() / folds ** 0.5))
+    best = min(range(len(RIDGES)), key=means.__getitem__)
+    limit = max(means[best] + errors[best], means[best] * (1 + tolerance) ** 2)  # means are squared errors
+    return max(r for r, m in zip(RIDGES, means) if m <= limit)
 
 
 def gap_head(model: nn.Module, selection: Selection, input_shape: tuple[int, ...], init: str = "fit",
@@ -178,13 +214,15 @@ def gap_head(model: nn.Module, selection: Selection, input_shape: tuple[int, ...
                 if old.bias is not None:
                     new.bias.copy_(old.bias)
         elif init == "fit":
-            weight, bias = least_squares(_capture(model, new, inputs, "in"), targets, new.bias is not None)
+            features = _capture(model, new, inputs, "in")
+            ridge = cross_validated_ridge(features, targets, new.bias is not None)
+            weight, bias = least_squares(features, targets, new.bias is not None, ridge)
             with torch.no_grad():
                 new.weight.copy_(weight)
                 if new.bias is not None:
                     new.bias.copy_(bias)
         layers.append({"path": head.linear, "pool": head.pool_path, "map": [c, h, w], "in_before": old.in_features,
-                       "in_after": c, "out": old.out_features})
+                       "in_after": c, "out": old.out_features, **({"ridge": ridge} if init == "fit" else {})})
     # The Linear's output is compared in place: its input changed meaning, so the error is measured
     # running each whole model (upstream of the head nothing changed).
     edit.summary = {"count": len(layers), "layers": layers, "skipped": skipped,

@@ -75,6 +75,8 @@ class GroupedPointwiseConfig(SelectionConfig):
 
 
 class FactorizeConfig(SelectionConfig, RankConfig):
+    rank: int | None = Field(None, ge=1, description="Intermediate channels. Default (with no energy): the layer's "
+                             "output channels, as Inception v3.")
     activation: Activation = Field("none", description="Between the kx1 and 1xk convs (with BN if not none).")
     init: Literal["svd", "random"] = "svd"
 

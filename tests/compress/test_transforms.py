@@ -171,6 +171,27 @@ def test_prune_after_restructure_reloads_exactly(name, tmp_path):
         assert loaded.layer1[2].conv1 is loaded.layer1[0].conv1
 
 
+def test_bn_refresh_gives_each_batchnorm_the_statistics_it_sees():
+    """After a lossy transform, every BN from the first changed layer on holds the exact mean and
+    variance of its input on the calibration data (in the model as saved); inserted BNs stay identities."""
+    from edge_pipeline.compress.batchnorm import input_statistics
+
+    model = build("vgg_small", 16)
+    restructure(model, [("depthwise_separable", {"activation": "relu", "include": ["features.1*"]})])
+    module, inputs = model.module.eval(), calibration(model)
+    refreshed = [module.features[11], module.features[15], module.features[18]]  # the BNs after features.10
+    untouched = module.features[1]
+    for bn in refreshed:
+        mean, var = input_statistics(module, bn, inputs, stop_early=True)
+        assert torch.allclose(bn.running_mean, mean.float(), atol=1e-5) and torch.allclose(bn.running_var, var.float(), rtol=1e-4)
+    mean, _ = input_statistics(module, untouched, inputs, stop_early=True)
+    assert not torch.allclose(untouched.running_mean, mean.float(), atol=1e-3)  # before any change: left alone
+    inserted = module.features[10][1]
+    x = torch.randn(2, inserted.num_features, 4, 4)
+    with torch.no_grad():
+        assert torch.allclose(inserted(x), x, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # SVD initialization: the error falls as the rank grows, and full rank reproduces the layer
 

@@ -48,6 +48,9 @@ def prune_filters(
     torch.manual_seed(seed)  # the random criterion is reproducible
     names = {m: n for n, m in model.named_modules()}
     keep_out = [model.get_submodule(n) for n in [classifier(model), *(ignore or [])] if n]
+    # Grouped (not depthwise) convs stay whole: torch-pruning cannot keep their groups and the channel
+    # shuffle after them consistent (index out of range at the shuffle's gather).
+    keep_out += [m for m in model.modules() if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels]
     before = shapes_of(model)
     channels_before = {n: _out_channels(m) for n, m in model.named_modules() if _out_channels(m) is not None}
     was_training = model.training

@@ -52,7 +52,7 @@ def test_empty_body_means_defaults():
     ("{lowrank: {}}", "r.yaml:7: stages[1].restructure.lowrank: unknown key 'lowrank' (did you mean 'low_rank'?)"),
     ("{}", "restructure needs at least one transform"),
     ("{low_rank: {rank: 4, energy: 0.5}}", "give `rank` or `energy`, not both"),
-    ("{low_rank: {energy: 1.5}}", "stages[1].restructure.low_rank.energy: must be <= 1.0, got 1.5"),
+    ("{low_rank: {energy: 1.5}}", "stages[1].restructure.low_rank.energy: must be <= 1, got 1.5"),
     ("{depthwise_separable: {expansion: 4}}", "expansion only apply with `inverted_residual: true`"),
     ("{depthwise_separable: {activation: gelu}}", "stages[1].restructure.depthwise_separable.activation: must be one of 'none', 'relu', 'relu6' or 'hardswish', got 'gelu'"),
     ("{share: {}, low_rank: {}}", "`share` must be the last transform"),

@@ -268,12 +268,15 @@ def launch(argv: list[str], nproc: int, log_dir: str | None = None) -> int:
     terminal, the others log to `log_dir/rank<N>.log`. If one rank fails, the others are stopped.
     Returns rank 0's exit code (or the first failure's)."""
     port = _free_port()
+    # As torchrun does: one OpenMP thread per rank unless the user chose, so N ranks do not fight
+    # over the cores (oversubscribed OpenMP threads make small kernels many times slower).
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
     procs: list[subprocess.Popen] = []
     logs = []
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
     for rank in range(nproc):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
+        env = dict(os.environ, OMP_NUM_THREADS=threads, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         if rank == 0:
             out = err = None

@@ -23,6 +23,7 @@ TARGETS = ("ratio", "target_macs", "target_params")
 class RoundFinetuneConfig(TrainingConfig):
     """Training after each pruning round (plain cross-entropy; 0 epochs: prune only)."""
 
+    name: None = Field(None, exclude=True)  # not a stage: no name
     epochs: int = Field(0, ge=0, le=100000)
     lr: float = Field(0.01, gt=0, le=10)
 

@@ -18,7 +18,8 @@ from ..edits import Edit
 from .allocate import Target, allocate
 from .apply import apply_resizes, kept_summary, plan_resizes, snapshot, verify_exact, verify_replay
 from .criteria import CRITERIA, bn_l1_penalty, scores
-from .graph import ChannelGraph
+from ...errors import PipelineError
+from .graph import ChannelGraph, UntraceableModel
 from .problem import build_problem
 from .unstructured import magnitude_prune
 
@@ -43,7 +44,11 @@ def prune_channels(
     channels. `calibration` = (inputs, labels) is needed by the taylor criterion.
     """
     example = example[:1]
-    graph = ChannelGraph(model, example, ignore)
+    try:
+        graph = ChannelGraph(model, example, ignore)
+    except UntraceableModel as exc:
+        raise PipelineError(f"prune: torch.fx cannot trace the model ({exc}); structured pruning needs a forward "
+                            "without value-dependent control flow (magnitude pruning does not)") from None
     problem = build_problem(graph, model, round_to, max_ratio)
     importance = scores(criterion, problem, model, seed, calibration)
     removed = allocate(problem, importance, target, allocation)

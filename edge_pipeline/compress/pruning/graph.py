@@ -95,6 +95,10 @@ class UnsupportedGraph(Exception):
     """Raised in verify mode when the pruned model would not see the original channels."""
 
 
+class UntraceableModel(Exception):
+    """torch.fx cannot trace the model's forward (e.g. control flow that depends on values)."""
+
+
 @dataclass
 class Lab:
     """A label tensor: `t` holds atoms, `pos` the flat index of each element in `anchor`."""
@@ -214,7 +218,13 @@ class ChannelGraph:
         was_training = model.training
         model.eval()
         try:
-            self.gm = trace(model, example)
+            try:
+                self.gm = trace(model, example)
+            except Exception as exc:  # data-dependent control flow, or (verify) shapes that no longer fit
+                first = next((l for l in str(exc).splitlines() if l.strip()), type(exc).__name__)
+                if self.verify:
+                    raise UnsupportedGraph(first[:300]) from None
+                raise UntraceableModel(first[:300]) from None
             self._run()
         finally:
             model.train(was_training)

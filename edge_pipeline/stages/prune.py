@@ -110,11 +110,12 @@ class PruneStage(Stage):
                 raise UserError(f"stages[{ctx.spec.index}].prune.ignore: no module named {name!r} in the model") from None
         shape = ctx.data.input_shape
         base = {"macs": count_macs(model.module, shape), "params": count_params(model.module)}
+        widths = _widths(model.module)
         rounds = []
         for step in range(1, cfg.steps + 1):
             edit = None
             if distributed.is_leader():
-                edit = self._prune_round(ctx, model, step, base)
+                edit = self._prune_round(ctx, model, step, base, widths)
             if distributed.active():  # every rank continues from the leader's decision
                 edit = self._follow_leader(model, edit)
             model.edits.append(edit)
@@ -124,15 +125,19 @@ class PruneStage(Stage):
             rounds.append(info)
             console.print(f"  prune round {step}/{cfg.steps}: {_describe(edit)}; "
                           f"MACs {info['macs'] / base['macs']:.1%}, params {info['params'] / base['params']:.1%} of the input model")
+        after = _widths(model.module)
         details = {
             "prune": model.edits[-1].summary, "rounds": rounds, "method": cfg.method,
+            "channels": {path: [widths[path], after[path]] for path in after if path in widths and widths[path] != after[path]},
             "macs": [base["macs"], rounds[-1]["macs"]], "params": [base["params"], rounds[-1]["params"]],
         }
         if cfg.method != "magnitude":
             details["target"] = {"kind": cfg.target().kind, "value": cfg.target().value}
         return StageResult(model, details=details)
 
-    def _prune_round(self, ctx, model, step: int, base: dict[str, int]):
+    def _prune_round(self, ctx, model, step: int, base: dict[str, int], widths: dict[str, int]):
+        import math
+
         import torch
 
         from ..compress.pruning import Target, magnitude_prune, prune_channels
@@ -151,8 +156,10 @@ class PruneStage(Stage):
             value = min(wanted / now, 1.0 - 1e-9)
         calibration = self._calibration(ctx) if cfg.method == "taylor" else None
         example = torch.zeros(ctx.data.input_shape)
+        # max_ratio holds against the stage's input model, whatever the number of rounds.
+        floors = {path: math.ceil((1.0 - cfg.max_ratio) * n - 1e-9) for path, n in widths.items()}
         return prune_channels(model.module, example, Target(target.kind, value), cfg.method, cfg.allocation,
-                              cfg.round_to, cfg.max_ratio, cfg.ignore, ctx.seed + step - 1, calibration)
+                              cfg.round_to, cfg.max_ratio, cfg.ignore, ctx.seed + step - 1, calibration, floors)
 
     def _calibration(self, ctx):
         """The quantize stage's stratified sample of the train split, with its labels."""
@@ -189,6 +196,14 @@ class PruneStage(Stage):
         return fit(model.module, ctx.data, cfg, ctx.seed + step, cross_entropy(cfg.label_smoothing),
                    f"{ctx.spec.name} round {step}", regularizer=bn_regularizer(cfg),
                    after_step=keep_zeros(masks) if masks else None)
+
+
+def _widths(module) -> dict[str, int]:
+    """Output channels of every conv and linear layer."""
+    from torch import nn
+
+    return {n: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+            for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
 def _describe(edit) -> str:

@@ -109,3 +109,19 @@ def test_bn_l1_penalty_drives_batchnorm_scales_down(tiny_data):
         gammas[strength] = torch.cat([m.weight.abs() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
     assert bn_regularizer(TrainConfig()) is None
     assert float(gammas[0.1].mean()) < 0.93 * float(gammas[0.0].mean())
+
+
+def test_report_has_a_pruning_section(taylor_run):
+    text = (taylor_run / "report.md").read_text()
+    section = text[text.index("## Pruning and fine-tuning"):]
+    assert "**prune** (taylor, macs kept 0.5, per_layer, 2 rounds): MACs" in section
+    details = json.loads((taylor_run / "02-prune" / "details.json").read_text())
+    first_layer = sorted(details["channels"].items(), key=lambda kv: (kv[1][1] / kv[1][0], kv[0]))[0]
+    path, (before, after) = first_layer
+    assert f"| {path} | {before} -> {after} |" in section
+    assert "<h2>Pruning and fine-tuning</h2>" in (taylor_run / "report.html").read_text()
+
+
+def test_max_ratio_holds_over_all_rounds(taylor_run):
+    details = json.loads((taylor_run / "02-prune" / "details.json").read_text())
+    assert all(after >= 0.1 * before for before, after in details["channels"].values())

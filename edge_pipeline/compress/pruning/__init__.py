@@ -37,11 +37,13 @@ def prune_channels(
     ignore: list[str] | None = None,
     seed: int = 0,
     calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+    min_channels: dict[str, int] | None = None,
 ) -> Edit:
     """Remove channels from `model` in place until `target` is met; return the replayable Edit.
 
     The logits (everything that reaches the model output) and modules under `ignore` keep their
-    channels. `calibration` = (inputs, labels) is needed by the taylor criterion.
+    channels. `calibration` = (inputs, labels) is needed by the taylor criterion. `min_channels`
+    (layer path -> output channels) puts absolute floors under `max_ratio`, e.g. over several rounds.
     """
     example = example[:1]
     try:
@@ -49,7 +51,7 @@ def prune_channels(
     except UntraceableModel as exc:
         raise PipelineError(f"prune: torch.fx cannot trace the model ({exc}); structured pruning needs a forward "
                             "without value-dependent control flow (magnitude pruning does not)") from None
-    problem = build_problem(graph, model, round_to, max_ratio)
+    problem = build_problem(graph, model, round_to, max_ratio, min_channels)
     importance = scores(criterion, problem, model, seed, calibration)
     removed = allocate(problem, importance, target, allocation)
     before, after = problem.cost(np.zeros_like(removed)), problem.cost(removed)

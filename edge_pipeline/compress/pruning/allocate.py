@@ -93,7 +93,7 @@ def _per_layer_search(problem: Problem, orders: list[np.ndarray], scores: np.nda
     start = _uniform(problem, orders, low)
     if _reached(problem, start, target):
         return start
-    return _greedy(problem, orders, scores, target, start)
+    return _greedy(problem, orders, scores, target, start, evenly=True)
 
 
 def _global(problem: Problem, orders: list[np.ndarray], scores: np.ndarray, target: Target) -> np.ndarray:
@@ -101,8 +101,9 @@ def _global(problem: Problem, orders: list[np.ndarray], scores: np.ndarray, targ
 
 
 def _greedy(problem: Problem, orders: list[np.ndarray], scores: np.ndarray, target: Target,
-            removed: np.ndarray) -> np.ndarray:
-    """From `removed`, take the least important next step of any group until the target is met."""
+            removed: np.ndarray, evenly: bool = False) -> np.ndarray:
+    """From `removed`, take the least important next step of any group until the target is met
+    (`evenly`: the step of the group that has kept the largest fraction, so groups stay even)."""
     removed = removed.copy()
     kept = [g.size - int(removed[g.classes].sum()) for g in problem.groups]
     finite = np.where(np.isfinite(scores), scores, np.inf)
@@ -115,7 +116,9 @@ def _greedy(problem: Problem, orders: list[np.ndarray], scores: np.ndarray, targ
         k = int(group.keeps[j])
         batch = orders[i][group.size - kept[i] : group.size - k]
         cost = float(np.mean(finite[batch]))
-        return None if not np.isfinite(cost) else (cost, i, k, batch)
+        if not np.isfinite(cost):
+            return None
+        return ((-kept[i] / group.size, cost) if evenly else (cost,)) + (i, k, batch)
 
     heap = [s for s in (next_step(i) for i in range(len(problem.groups))) if s is not None]
     heapq.heapify(heap)
@@ -124,7 +127,7 @@ def _greedy(problem: Problem, orders: list[np.ndarray], scores: np.ndarray, targ
     while not _reached(problem, removed, target, tracker.totals):
         if not heap:
             _unreachable(problem, removed, target)
-        _, i, k, batch = heapq.heappop(heap)
+        *_, i, k, batch = heapq.heappop(heap)
         removed[batch] = True
         tracker.remove(batch)
         kept[i] = k

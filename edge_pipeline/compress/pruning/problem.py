@@ -111,7 +111,8 @@ class Problem:
         return 1.0 - self.cost(removed)[metric] / base if base else 0.0
 
 
-def build_problem(graph: ChannelGraph, model: nn.Module, round_to: int | None, max_ratio: float) -> Problem:
+def build_problem(graph: ChannelGraph, model: nn.Module, round_to: int | None, max_ratio: float,
+                  min_channels: dict[str, int] | None = None) -> Problem:
     from ...evaluation import count_params
 
     roots: dict[int, int] = {}
@@ -138,7 +139,7 @@ def build_problem(graph: ChannelGraph, model: nn.Module, round_to: int | None, m
                 u.affine_params = 2 if getattr(module, "affine", False) else 0
         uses.append(u)
     order = np.array(sorted(roots, key=roots.get), dtype=np.int64)
-    groups, group_of = _groups(uses, len(order), round_to, max_ratio)
+    groups, group_of = _groups(uses, len(order), round_to, max_ratio, min_channels or {})
     problem = Problem(graph, order, uses, groups, group_of, base_params=count_params(model))
     problem.tracked_params = _tracked_params(uses)
     full = problem.cost(np.zeros(len(order), bool))
@@ -161,7 +162,8 @@ def _tracked_params(uses: list[UseIndex]) -> int:
     return total
 
 
-def _groups(uses: list[UseIndex], n: int, round_to: int | None, max_ratio: float) -> tuple[list[Group], np.ndarray]:
+def _groups(uses: list[UseIndex], n: int, round_to: int | None, max_ratio: float,
+            min_channels: dict[str, int]) -> tuple[list[Group], np.ndarray]:
     """Union classes that share a producer's output; each connected set is a layer group."""
     parent = list(range(n))
 
@@ -199,6 +201,15 @@ def _groups(uses: list[UseIndex], n: int, round_to: int | None, max_ratio: float
     for g in groups:
         g.step = _step(g, producers, group_of, round_to)
         g.max_remove = min(g.size - 1, int(math.floor(max_ratio * g.size + 1e-9)))
+    for u in producers:  # absolute floors (e.g. max_ratio over several rounds, against the first model)
+        floor = min_channels.get(u.use.path)
+        idx = u.outputs[u.outputs >= 0]
+        if floor is None or not len(idx):
+            continue
+        g = groups[group_of[idx[0]]]
+        per_class = len(idx) / len(np.unique(idx))
+        spare = len(u.outputs) - floor
+        g.max_remove = max(0, min(g.max_remove, int(math.floor(spare / per_class + 1e-9))))
     return groups, group_of
 
 

@@ -88,7 +88,7 @@ class FinetuneStage(Stage):
         models = [name for name, stage in earlier if stage.produces == "model"]
         if distill.teacher in models or checkpoint_folder(distill.teacher):
             return []
-        return [(("distill", "teacher"), f"{distill.teacher!r} is neither an earlier model stage ({', '.join(models)}) "
+        return [(("distill", "teacher"), f"{distill.teacher!r} is not an earlier model stage ({', '.join(models)}) "
                  "nor a folder with structure.json and model.safetensors")]
 
     def run(self, ctx):

@@ -37,7 +37,7 @@ stages:
 
 
 def test_teacher_must_be_an_earlier_stage_or_a_saved_model(tmp_path):
-    with pytest.raises(UserError, match=r"distill.teacher: 'nowhere' is neither an earlier model stage \(train\) nor a folder"):
+    with pytest.raises(UserError, match=r"distill.teacher: 'nowhere' is not an earlier model stage \(train\) nor a folder"):
         parse_recipe(HEAD + "stages:\n  - train: {}\n  - finetune: {distill: {teacher: nowhere}}\n", "r.yaml")
 
 

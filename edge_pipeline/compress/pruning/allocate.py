@@ -127,14 +127,35 @@ def _greedy(problem: Problem, orders: list[np.ndarray], scores: np.ndarray, targ
     while not _reached(problem, removed, target, tracker.totals):
         if not heap:
             _unreachable(problem, removed, target)
-        *_, i, k, batch = heapq.heappop(heap)
+        best = heapq.heappop(heap)
+        tracker.remove(best[-1])
+        if _reached(problem, removed, target, tracker.totals):
+            # The step that crosses the target: of every group's next step, take the one that lands
+            # closest to it (coarse groups, e.g. a shuffle stage's trunk, would overshoot).
+            tracker.restore(best[-1])
+            best = _closest_crossing(problem, target, tracker, [best] + heap) or best
+            tracker.remove(best[-1])
+        *_, i, k, batch = best
         removed[batch] = True
-        tracker.remove(batch)
         kept[i] = k
+        heap = [s for s in heap if s[-3] != i]
         step = next_step(i)
         if step is not None:
-            heapq.heappush(heap, step)
+            heap.append(step)
+        heapq.heapify(heap)
     return removed
+
+
+def _closest_crossing(problem: Problem, target: Target, tracker, candidates: list):
+    """The candidate step after which the model is at or below the target by the least."""
+    metric = "channels" if target.kind == "ratio" else target.kind
+    best, best_cost = None, -1
+    for candidate in candidates:
+        tracker.remove(candidate[-1])
+        if _reached(problem, None, target, tracker.totals) and tracker.totals[metric] > best_cost:
+            best, best_cost = candidate, tracker.totals[metric]
+        tracker.restore(candidate[-1])
+    return best
 
 
 def _unreachable(problem: Problem, removed: np.ndarray, target: Target) -> None:

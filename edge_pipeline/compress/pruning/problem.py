@@ -264,14 +264,18 @@ class CostTracker:
         params = kout * per_out * use.kernel + (kout if u.bias else 0) if u.first else 0
         return {"macs": kout * per_out * use.kernel * use.spatial, "params": params, "channels": kout if u.first else 0}
 
-    def remove(self, classes: np.ndarray) -> None:
+    def remove(self, classes: np.ndarray, sign: int = 1) -> None:
         affected = set()
         for c in np.asarray(classes).tolist():
             for i, side, k in self.touch.get(c, ()):
-                (self.kin if side == 0 else self.kout)[i] -= k
+                (self.kin if side == 0 else self.kout)[i] -= sign * k
                 affected.add(i)
         for i in affected:
             new = self._part(i)
             for key in self.totals:
                 self.totals[key] += new[key] - self.parts[i][key]
             self.parts[i] = new
+
+    def restore(self, classes: np.ndarray) -> None:
+        """Undo `remove(classes)` (to try a step without taking it)."""
+        self.remove(classes, sign=-1)

@@ -42,7 +42,7 @@ def test_training_on_the_distillation_loss_reduces_it():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.1 * first
+    assert loss.item() < 0.1 * first
     assert all(not p.requires_grad for p in teacher.parameters())
 
 

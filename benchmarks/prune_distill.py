@@ -111,28 +111,38 @@ def part_criteria(args) -> dict:
            "allocation": args.allocation, "finetune_epochs": args.epochs, "seeds": args.seeds,
            "baseline_accuracy": {k: test_accuracy(m, data) for k, m in baselines.items()},
            "slimming_bn_l1": args.bn_l1, "criteria": {}}
+    mean = lambda v: round(sum(v) / len(v), 4)  # noqa: E731
+    modes = ("plain", "kd", "kd+features")
     for criterion in ("l1", "bn_scale", "taylor", "random"):
         teacher = baselines["slimming" if criterion == "bn_scale" else "plain"]
         row = {"baseline": "slimming" if criterion == "bn_scale" else "plain"}
-        accs = {"plain": [], "kd": [], "kd+features": []}
+        accs = {e: {m: [] for m in modes} for e in args.epochs}
         after_prune, macs_kept = [], []
         for seed in range(args.seeds):
             pruned, kept = prune(teacher, data, criterion, args.allocation, seed)
             after_prune.append(test_accuracy(pruned, data))
             macs_kept.append(round(kept, 4))
-            for mode in accs:
-                accs[mode].append(finetune(pruned, data, teacher, mode, args.epochs, seed))
-        mean = lambda v: round(sum(v) / len(v), 4)  # noqa: E731
-        row.update({
-            "macs_kept": macs_kept, "accuracy_after_prune": after_prune,
-            "accuracy": {mode: {"mean": mean(v), "per_seed": v} for mode, v in accs.items()},
-            "kd_minus_plain_points": round((mean(accs["kd"]) - mean(accs["plain"])) * 100, 2),
-            "kd_features_minus_plain_points": round((mean(accs["kd+features"]) - mean(accs["plain"])) * 100, 2),
-        })
+            for epochs in args.epochs:
+                for mode in modes:
+                    accs[epochs][mode].append(finetune(pruned, data, teacher, mode, epochs, seed))
+        row.update({"macs_kept": macs_kept, "accuracy_after_prune": after_prune, "by_epochs": {}})
+        for epochs, by_mode in accs.items():
+            row["by_epochs"][str(epochs)] = {
+                "accuracy": {mode: {"mean": mean(v), "per_seed": v} for mode, v in by_mode.items()},
+                "kd_minus_plain_points": round((mean(by_mode["kd"]) - mean(by_mode["plain"])) * 100, 2),
+                "kd_features_minus_plain_points": round((mean(by_mode["kd+features"]) - mean(by_mode["plain"])) * 100, 2),
+            }
         out["criteria"][criterion] = row
-    ranking = sorted(out["criteria"], key=lambda c: -out["criteria"][c]["accuracy"]["plain"]["mean"])
-    out["ranking_by_plain_finetune"] = ranking
-    out["kd_beats_plain"] = {c: r["kd_minus_plain_points"] > 0 for c, r in out["criteria"].items()}
+        print(f"[criteria] {criterion}: {json.dumps(row)}", file=sys.stderr)
+    longest = str(max(args.epochs))
+    out["ranking_by_plain_finetune"] = {
+        str(e): sorted(out["criteria"], key=lambda c: -out["criteria"][c]["by_epochs"][str(e)]["accuracy"]["plain"]["mean"])
+        for e in args.epochs}
+    out["ranking_after_prune"] = sorted(out["criteria"], key=lambda c: -sum(out["criteria"][c]["accuracy_after_prune"]))
+    out["kd_minus_plain_points"] = {str(e): {c: r["by_epochs"][str(e)]["kd_minus_plain_points"] for c, r in out["criteria"].items()}
+                                    for e in args.epochs}
+    out["kd_beats_plain_at_longest_budget"] = {c: r["by_epochs"][longest]["kd_minus_plain_points"] > 0
+                                               for c, r in out["criteria"].items()}
     return out
 
 
@@ -445,7 +455,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="criteria,archs,sparsity")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs (quickstart: 8)")
+    parser.add_argument("--epochs", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2, 8],
+                        help="fine-tuning budgets in epochs, comma-separated (quickstart: 8)")
     parser.add_argument("--train-epochs", type=int, default=15, help="baseline epochs (quickstart: 15)")
     parser.add_argument("--bn-l1", type=float, default=0.01, help="Network Slimming penalty for the bn_scale baseline")
     parser.add_argument("--allocation", default="global", choices=["global", "per_layer"])

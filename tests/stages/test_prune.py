@@ -4,7 +4,6 @@ sparsity that fine-tuning keeps, and Network Slimming's BatchNorm penalty."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch

@@ -31,7 +31,7 @@ the kept set (e.g. a hard-coded `view(-1, 512)`) is reported instead of silently
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np

@@ -26,10 +26,8 @@ class Group:
     index: int
     classes: np.ndarray  # indices into Problem.classes
     producers: list[str]  # paths of the conv/linear layers whose outputs are these classes
-    channels: int  # output channels of those layers that belong to the group
     step: int = 1  # kept classes must be a multiple of this (round_to), unless nothing is removed
     max_remove: int = 0  # per-layer maximum ratio (and at least one class kept)
-    multiplicity: int = 1  # output channels per class in the group's widest layer
     _keeps: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -70,7 +68,6 @@ class Problem:
     base_macs: int = 0
     base_channels: int = 0
     tracked_params: int = 0
-    notes: list[str] = field(default_factory=list)
 
     # -- costs -------------------------------------------------------------------------------
 
@@ -80,27 +77,13 @@ class Problem:
         return int((~prunable).sum() + (~removed[index[prunable]]).sum())
 
     def cost(self, removed: np.ndarray) -> dict[str, int]:
-        macs = params = channels = 0
+        total = {"macs": 0, "params": self.base_params - self.tracked_params, "channels": 0}
         for u in self.uses:
-            use = u.use
-            if use.kind not in ("conv", "linear", "norm"):
-                continue
-            kin = self._kept(u.inputs, removed)
-            if use.kind == "norm":
-                params += u.affine_params * kin if u.first else 0
-                continue
-            kout = self._kept(u.outputs, removed)
-            if use.kind == "linear":
-                per_out = kin
-            elif use.groups == len(use.inputs) and use.groups > 1:  # depthwise: one input per output
-                per_out = 1
-            else:
-                per_out = kin // use.groups
-            macs += kout * per_out * use.kernel * use.spatial
-            if u.first:
-                params += kout * per_out * use.kernel + (kout if u.bias else 0)
-                channels += kout
-        return {"macs": macs, "params": self.base_params - self.tracked_params + params, "channels": channels}
+            if u.use.kind in ("conv", "linear", "norm"):
+                kout = self._kept(u.outputs, removed) if u.outputs is not None else 0
+                for key, value in use_cost(u, self._kept(u.inputs, removed), kout).items():
+                    total[key] += value
+        return total
 
     def tracker(self) -> "CostTracker":
         return CostTracker(self)
@@ -133,10 +116,7 @@ def build_problem(graph: ChannelGraph, model: nn.Module, round_to: int | None, m
         if use.kind in ("conv", "linear"):
             u.bias = getattr(module, "bias", None) is not None
         elif use.kind == "norm":
-            if isinstance(module, nn.PReLU):
-                u.affine_params = 1
-            else:
-                u.affine_params = 2 if getattr(module, "affine", False) else 0
+            u.affine_params = 2 if getattr(module, "affine", False) else 0
         uses.append(u)
     order = np.array(sorted(roots, key=roots.get), dtype=np.int64)
     groups, group_of = _groups(uses, len(order), round_to, max_ratio, min_channels or {})
@@ -147,19 +127,26 @@ def build_problem(graph: ChannelGraph, model: nn.Module, round_to: int | None, m
     return problem
 
 
+def use_cost(u: UseIndex, kin: int, kout: int) -> dict[str, int]:
+    """MACs (every call), parameters and output channels (first call only) of one layer use with
+    `kin` input and `kout` output channels kept, counted like evaluation.count_macs/count_params."""
+    use = u.use
+    if use.kind == "norm":
+        return {"macs": 0, "params": u.affine_params * kin if u.first else 0, "channels": 0}
+    if use.kind == "linear":
+        per_out = kin
+    elif use.groups == len(use.inputs) and use.groups > 1:  # depthwise: one input channel per output
+        per_out = 1
+    else:  # dense or grouped: the group count stays, each group keeps kin / groups inputs
+        per_out = kin // use.groups
+    params = kout * per_out * use.kernel + (kout if u.bias else 0)
+    return {"macs": kout * per_out * use.kernel * use.spatial, "params": params if u.first else 0,
+            "channels": kout if u.first else 0}
+
+
 def _tracked_params(uses: list[UseIndex]) -> int:
-    total = 0
-    for u in uses:
-        if not u.first:
-            continue
-        use = u.use
-        if use.kind == "norm":
-            total += u.affine_params * len(use.inputs)
-        elif use.kind in ("conv", "linear"):
-            per_out = len(use.inputs) if use.kind == "linear" else (
-                1 if use.groups == len(use.inputs) and use.groups > 1 else len(use.inputs) // use.groups)
-            total += len(use.outputs) * per_out * use.kernel + (len(use.outputs) if u.bias else 0)
-    return total
+    return sum(use_cost(u, len(u.inputs), len(u.outputs) if u.outputs is not None else 0)["params"]
+               for u in uses if u.use.kind in ("conv", "linear", "norm"))
 
 
 def _groups(uses: list[UseIndex], n: int, round_to: int | None, max_ratio: float,
@@ -186,18 +173,14 @@ def _groups(uses: list[UseIndex], n: int, round_to: int | None, max_ratio: float
     group_of = np.full(n, -1, np.int64)
     groups: list[Group] = []
     for root, cls in members.items():
-        g = Group(len(groups), np.array(cls, np.int64), [], 0)
+        g = Group(len(groups), np.array(cls, np.int64), [])
         for c in cls:
             group_of[c] = g.index
         groups.append(g)
     for u in producers:
         idx = u.outputs[u.outputs >= 0]
         if len(idx):
-            g = groups[group_of[idx[0]]]
-            g.producers.append(u.use.path)
-            g.channels += len(idx)
-            counts = np.bincount(idx - idx.min())
-            g.multiplicity = max(g.multiplicity, int(counts.max()))
+            groups[group_of[idx[0]]].producers.append(u.use.path)
     for g in groups:
         g.step = _step(g, producers, group_of, round_to)
         g.max_remove = min(g.size - 1, int(math.floor(max_ratio * g.size + 1e-9)))
@@ -251,18 +234,7 @@ class CostTracker:
         self.totals["params"] += problem.base_params - problem.tracked_params
 
     def _part(self, i: int) -> dict[str, int]:
-        u, kin, kout = self.uses[i], int(self.kin[i]), int(self.kout[i])
-        use = u.use
-        if use.kind == "norm":
-            return {"macs": 0, "params": u.affine_params * kin if u.first else 0, "channels": 0}
-        if use.kind == "linear":
-            per_out = kin
-        elif use.groups == len(use.inputs) and use.groups > 1:
-            per_out = 1
-        else:
-            per_out = kin // use.groups
-        params = kout * per_out * use.kernel + (kout if u.bias else 0) if u.first else 0
-        return {"macs": kout * per_out * use.kernel * use.spatial, "params": params, "channels": kout if u.first else 0}
+        return use_cost(self.uses[i], int(self.kin[i]), int(self.kout[i]))
 
     def remove(self, classes: np.ndarray, sign: int = 1) -> None:
         affected = set()

@@ -34,7 +34,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-TARGET_MACS = 0.5
+TARGET_MACS = 0.5  # fraction of MACs kept; --target-macs changes it for the criteria part
 
 
 def quickstart_data():
@@ -64,7 +64,7 @@ def train_baseline(data, bn_l1: float, epochs: int):
     return model.eval()
 
 
-def prune(model, data, criterion: str, allocation: str, seed: int):
+def prune(model, data, criterion: str, allocation: str, seed: int, target: float = TARGET_MACS):
     import torch
 
     from edge_pipeline.compress.pruning import Target, prune_channels
@@ -77,7 +77,7 @@ def prune(model, data, criterion: str, allocation: str, seed: int):
         idx = stratified_indices(data.train_labels, 256, seed)
         calibration = (calibration_batch(data, 256, seed), torch.as_tensor(data.train_labels[idx]))
     before = count_macs(pruned, data.input_shape)
-    prune_channels(pruned, torch.zeros(data.input_shape), Target("macs", TARGET_MACS), criterion, allocation,
+    prune_channels(pruned, torch.zeros(data.input_shape), Target("macs", target), criterion, allocation,
                    seed=seed, calibration=calibration)
     return pruned, count_macs(pruned, data.input_shape) / before
 
@@ -88,6 +88,7 @@ def finetune(model, data, teacher, mode: str, epochs: int, seed: int):
     from edge_pipeline.training import cross_entropy, fit
 
     student = copy.deepcopy(model)
+    teacher = copy.deepcopy(teacher)  # DistillLoss freezes its teacher; the baseline is pruned again later
     cfg = FinetuneConfig(epochs=epochs, lr=0.01)
     extra = []
     if mode == "plain":
@@ -107,19 +108,19 @@ def part_criteria(args) -> dict:
     data = quickstart_data()
     baselines = {"plain": train_baseline(data, 0.0, args.train_epochs),
                  "slimming": train_baseline(data, args.bn_l1, args.train_epochs)}
-    out = {"data": "digits 32 px (quickstart)", "model": "vgg_small", "target_macs_kept": TARGET_MACS,
+    out = {"data": "digits 32 px (quickstart)", "model": "vgg_small", "target_macs_kept": args.target_macs,
            "allocation": args.allocation, "finetune_epochs": args.epochs, "seeds": args.seeds,
            "baseline_accuracy": {k: test_accuracy(m, data) for k, m in baselines.items()},
            "slimming_bn_l1": args.bn_l1, "criteria": {}}
     mean = lambda v: round(sum(v) / len(v), 4)  # noqa: E731
     modes = ("plain", "kd", "kd+features")
-    for criterion in ("l1", "bn_scale", "taylor", "random"):
+    for criterion in args.criteria:
         teacher = baselines["slimming" if criterion == "bn_scale" else "plain"]
         row = {"baseline": "slimming" if criterion == "bn_scale" else "plain"}
         accs = {e: {m: [] for m in modes} for e in args.epochs}
         after_prune, macs_kept = [], []
         for seed in range(args.seeds):
-            pruned, kept = prune(teacher, data, criterion, args.allocation, seed)
+            pruned, kept = prune(teacher, data, criterion, args.allocation, seed, args.target_macs)
             after_prune.append(test_accuracy(pruned, data))
             macs_kept.append(round(kept, 4))
             for epochs in args.epochs:
@@ -460,6 +461,8 @@ def main() -> int:
     parser.add_argument("--train-epochs", type=int, default=15, help="baseline epochs (quickstart: 15)")
     parser.add_argument("--bn-l1", type=float, default=0.01, help="Network Slimming penalty for the bn_scale baseline")
     parser.add_argument("--allocation", default="global", choices=["global", "per_layer"])
+    parser.add_argument("--target-macs", type=float, default=TARGET_MACS, help="criteria part: fraction of MACs kept")
+    parser.add_argument("--criteria", type=lambda s: s.split(","), default=["l1", "bn_scale", "taylor", "random"])
     parser.add_argument("--arch-size", type=int, default=64, help="input size of the torchvision models")
     parser.add_argument("--sparsities", type=lambda s: [float(v) for v in s.split(",")], default=[0.0, 0.5, 0.8, 0.9])
     parser.add_argument("--sparse-epochs", type=int, default=3)

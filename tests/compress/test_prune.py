@@ -113,6 +113,23 @@ def test_taylor_removes_channels_the_loss_does_not_depend_on():
     assert kept_of(prune_channels(model, X16, Target("ratio", 0.5), "taylor", calibration=data)) == [4, 5, 6, 7]
 
 
+def test_taylor_works_on_a_frozen_model_and_leaves_it_frozen():
+    """A model that served as a distillation teacher has requires_grad off: taylor still scores it."""
+    from edge_pipeline.compress.pruning.criteria import scores
+    from edge_pipeline.compress.pruning.graph import ChannelGraph
+    from edge_pipeline.compress.pruning.problem import build_problem
+
+    model = two_layer()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    problem = build_problem(ChannelGraph(model, X16), model, None, 0.9)
+    gen = torch.Generator().manual_seed(1)
+    data = (torch.randn(16, 1, 16, 16, generator=gen), torch.randint(0, 3, (16,), generator=gen))
+    values = scores("taylor", problem, model, calibration=data)
+    assert values.shape == (len(problem.classes),) and (values > 0).all()
+    assert not any(p.requires_grad for p in model.parameters())
+
+
 def test_taylor_needs_calibration_data():
     with pytest.raises(ValueError, match="calibration"):
         prune_channels(two_layer(), X16, Target("ratio", 0.5), "taylor")

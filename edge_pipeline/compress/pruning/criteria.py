@@ -75,6 +75,9 @@ def taylor_scores(problem: Problem, model: nn.Module, inputs: torch.Tensor, labe
     total = np.zeros(len(problem.classes))
     batches = 0
     was_training = model.training
+    frozen = [p for p in params if not p.requires_grad]  # e.g. a model that served as a frozen teacher
+    for p in frozen:
+        p.requires_grad_(True)
     model.eval()  # running statistics stay as they are; gradients still flow to every parameter
     try:
         for start in range(0, len(inputs), batch_size):
@@ -95,6 +98,8 @@ def taylor_scores(problem: Problem, model: nn.Module, inputs: torch.Tensor, labe
             batches += 1
     finally:
         model.train(was_training)
+        for p in frozen:
+            p.requires_grad_(False)
     return total / max(batches, 1)
 
 

@@ -102,3 +102,24 @@ stages:
     one, two = (load_model(tmp_path / n / "03-finetune").module.state_dict() for n in ("one", "two"))
     assert max(float((one[k].double() - two[k].double()).abs().max()) for k in one) < 1e-4
     assert (tmp_path / "two" / "logs" / "rank1.log").is_file()
+
+
+@pytest.mark.slow  # two fresh processes import torch: ~15-35 s on 2 shared cores
+def test_nproc_launch_reports_the_ranks_failure(tmp_path, capsys):
+    """Both ranks start, the train stage fails (missing weights file): the launcher returns the
+    bad-input exit code and the log of rank 1 says why; nothing hangs."""
+    from edge_pipeline.cli import main
+
+    recipe = write(tmp_path / "bad.yaml", "name: bad\ndata: {limit: 100, image_size: 8}\n"
+                   "model: {arch: vgg_small, weights: missing.pth}\nstages:\n  - train: {epochs: 1}\n")
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "--nproc", "2"]) == 2
+    assert "missing.pth" in (tmp_path / "run" / "logs" / "rank1.log").read_text()
+
+
+def test_nproc_inside_a_distributed_launch_is_an_error(tmp_path, monkeypatch, capsys):
+    from edge_pipeline.cli import main
+
+    recipe = write(tmp_path / "r.yaml", "name: r\nmodel: {arch: vgg_small}\nstages:\n  - train: {epochs: 1}\n")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["run", str(recipe), "--nproc", "2"]) == 2
+    assert "already launched distributed (torchrun); drop --nproc" in capsys.readouterr().err

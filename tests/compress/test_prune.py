@@ -204,12 +204,28 @@ def torchvision_model(name: str) -> nn.Module:
     return randomize(build_model(BaseSpec(f"torchvision:{name}", 10, 3, 32)))
 
 
+def grouped_pointwise_model() -> nn.Module:
+    """vgg_small made depthwise-separable, then its pointwise convs grouped + shuffled (issue 3's
+    `grouped_pointwise` transform: a grouped 1x1 conv followed by a ChannelShuffle module)."""
+    grouped = pytest.importorskip("edge_pipeline.compress.grouped", reason="grouped_pointwise is not on this branch yet")
+    from edge_pipeline.compress.depthwise import depthwise_separable
+    from edge_pipeline.compress.select import Selection
+
+    torch.manual_seed(0)
+    model = build_model(BaseSpec("vgg_small", 10, 3, 16))
+    depthwise_separable(model, Selection(min_channels=8))
+    edit = grouped.grouped_pointwise(model, Selection(min_channels=8), groups=4)
+    assert edit.ops, "grouped_pointwise changed nothing"
+    return randomize(model)
+
+
 STRUCTURES = {
     "vgg_small (flatten into Linear)": lambda: randomize(build_model(BaseSpec("vgg_small", 10, 3, 16))),
     "resnet8 (residual adds)": lambda: randomize(build_model(BaseSpec("resnet8", 10, 3, 16))),
     "grouped 1x1 + shuffle module": lambda: randomize(GroupedShuffleNet()),
     "inline chunk/cat/view shuffle": lambda: randomize(InlineShuffleNet()),
     "squeeze-excite + shared conv": lambda: randomize(SqueezeExciteNet()),
+    "grouped_pointwise restructure": grouped_pointwise_model,
 }
 TORCHVISION = ["shufflenet_v2_x0_5", "resnet18", "mobilenet_v2"]
 

@@ -93,3 +93,29 @@ def test_fixed_channels_say_why():
     g = ChannelGraph(GroupedShuffleNet(), torch.zeros(1, 3, 8, 8), ignore=["stem"])
     assert "stem.0: in prune.ignore" in g.fixed_reasons
     assert "model output (logits)" in g.fixed_reasons
+
+
+@pytest.mark.parametrize("how,prunable", [("chunk", True), ("split_traced", True), ("split_literal", False), ("split_list", False)])
+def test_splits_that_recut_equal_parts_couple_positions_and_fixed_cuts_stay(how, prunable):
+    class Split(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            if how == "chunk":
+                p, q = y.chunk(2, 1)
+            elif how == "split_traced":
+                p, q = y.split(y.shape[1] // 2, 1)
+            elif how == "split_literal":
+                p, q = y.split(4, 1)
+            else:
+                p, q = torch.split(y, [4, 4], 1)
+            return (self.b(p) + self.c(q)).mean([2, 3])
+
+    cls = producer_classes(ChannelGraph(Split(), torch.zeros(1, 3, 4, 4)))["a"]
+    if prunable:
+        assert np.array_equal(cls[:4], cls[4:]) and FIXED not in cls
+    else:
+        assert set(cls.tolist()) == {FIXED}

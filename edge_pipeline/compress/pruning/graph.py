@@ -508,32 +508,29 @@ class ChannelGraph:
         return self._emit(node, parts[0])
 
     def _split(self, node: fx.Node, name: str, args, kwargs):
-        x = args[0]
-        rest = list(args[1:])
-        size_or_chunks = kwargs.get("chunks", kwargs.get("split_size_or_sections", kwargs.get("split_size", rest[0] if rest else None)))
+        """`chunk(k, dim=1)`, and `split(s, dim=1)` with s computed from the tensor's own shape (the
+        same thing), cut equal parts again after pruning: position m of every part shares a fate.
+        A literal size or a list of sizes keeps cutting at the same place: those channels stay."""
+        x, rest = args[0], list(args[1:])
+        amount = kwargs.get("chunks", kwargs.get("split_size_or_sections", kwargs.get("split_size", rest[0] if rest else None)))
         dim = kwargs.get("dim", rest[1] if len(rest) > 1 else 0)
         if dim % x.t.dim() != 1:
             return self._data(node, name, args, kwargs)
         labels = self.channels(x, node.name)
         c = len(labels)
-        if name == "chunk":
-            chunks = size_or_chunks
-        else:
-            # split(int) re-executes as written: only a size computed from the tensor's own shape
-            # (a traced node) keeps meaning "halves" after pruning; a literal or list does not.
-            arg_node = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
-            dynamic = isinstance(arg_node, fx.Node)
-            chunks = c // size_or_chunks if dynamic and isinstance(size_or_chunks, int) and c % size_or_chunks == 0 else None
-        if not isinstance(chunks, int) or chunks < 1 or c % chunks:
+        parts = None
+        if name == "chunk" and isinstance(amount, int) and amount >= 1 and c % amount == 0:
+            parts = amount
+        elif name == "split" and isinstance(amount, int) and amount >= 1 and c % amount == 0:
+            traced = node.args[1] if len(node.args) > 1 else next((v for k, v in node.kwargs.items() if k != "dim"), None)
+            parts = c // amount if isinstance(traced, fx.Node) else None
+        if parts is None:
             self.fix(labels, f"{node.name}: {name} into unequal or fixed-size parts")
-        elif chunks > 1:
-            self._union_blocks(labels, chunks, f"{node.name}: {name}")
-        n = c // chunks if isinstance(chunks, int) and chunks >= 1 and c % chunks == 0 else None
-        if n is None:
-            pieces = getattr(x.t, name)(*rest, **kwargs) if name == "chunk" else torch.split(x.t, size_or_chunks, 1)
-            return tuple(Lab.fresh(torch.full_like(p, FIXED)) for p in pieces)
-        base = Lab.fresh(torch.from_numpy(labels).view([1, c] + [1] * (x.t.dim() - 2)).expand(x.t.shape).contiguous())
-        return tuple(Lab.fresh(p.contiguous()) for p in base.t.split(n, 1))
+            return tuple(Lab.fresh(torch.full_like(p, FIXED)) for p in getattr(x.t, name)(amount, 1))
+        if parts > 1:
+            self._union_blocks(labels, parts, f"{node.name}: {name}")
+        whole = torch.from_numpy(labels).view([1, c] + [1] * (x.t.dim() - 2)).expand(x.t.shape).contiguous()
+        return tuple(Lab.fresh(p.contiguous()) for p in whole.split(c // parts, 1))
 
     def _binary(self, node: fx.Node, args, kwargs) -> Lab:
         labs = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Lab)]

@@ -98,10 +98,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .convert.inspect import inspect_tflite
 
     info = inspect_tflite(args.model)
+    compat = None
+    if args.device:
+        from .convert.compat import check_device
+        from .profiling.devices import get_device
+
+        compat = check_device(args.model, get_device(args.device))
+        info["compatibility"] = compat.to_dict()
     if args.json:
         print(json.dumps(info, indent=2))
-        return 0
-    print(f"{info['file']}: {info['size_bytes']} bytes, {info['op_count']} ops, {len(info['tensors'])} tensors")
+        return 0 if compat is None or compat.ok else 1
+    print(f"{info['file']}: {info['size_bytes']} bytes, {info['op_count']} ops, {len(info['tensors'])} tensors, "
+          f"weights {info['weight_bytes']} bytes, min_runtime_version {info['min_runtime_version'] or '?'}")
     for kind in ("inputs", "outputs"):
         for t in info[kind]:
             q = t.get("quantization")
@@ -110,8 +118,79 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print("  ops:")
     for name, count in info["ops"].items():
         print(f"    {name:<28} x{count:<4} v{info['op_versions'].get(name, '?')}")
-    print(f"  TRANSPOSE ops: {info['transposes']}; Flex ops: {', '.join(info['flex_ops']) or 'none'}")
+    largest = info["largest_activation"]
+    print(f"  activations: {info['activation_dtypes']}; weights: {info['weight_dtypes']}; "
+          f"{info['quantized_tensors']} quantized tensors")
+    if largest:
+        print(f"  largest activation: {largest['name']} {largest['shape']} ({largest['bytes']} bytes)")
+    print(f"  TRANSPOSE ops: {info['transposes']}; Flex ops: {', '.join(info['flex_ops']) or 'none'}; "
+          f"custom ops: {', '.join(info['custom_ops']) or 'none'}")
+    if args.tensors:
+        print("  tensors:")
+        for t in info["tensors"]:
+            q = t.get("quantization")
+            qtext = f" scale={q['scale']} zero_point={q['zero_point']} axis={q['axis']}" if q else ""
+            print(f"    {t['index']:>4} {t['dtype']:<8} {str(t['shape']):<18} {t['bytes']:>9} B  {t['name']}{qtext}")
+    if compat is not None:
+        print(f"  {args.device}: {compat.line()}")
+        return 0 if compat.ok else 1
     return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """Per-layer error of a reduced-precision .tflite against its float32 reference."""
+    from .convert.compat import ensure_loadable
+    from .convert.diagnose import diagnose, diagnosis_inputs, format_table
+    from .errors import UserError
+
+    paths = [Path(p) for p in args.paths]
+    onnx_path = Path(args.onnx) if args.onnx else None
+    inputs_path = Path(args.inputs) if args.inputs else None
+    if len(paths) == 1 and paths[0].is_dir():
+        float_path, quant_path, found_onnx, found_inputs = _run_dir_models(paths[0], args.precision)
+        onnx_path, inputs_path = onnx_path or found_onnx, inputs_path or found_inputs
+    elif len(paths) == 2:
+        float_path, quant_path = paths
+    else:
+        raise UserError("diagnose: give a run folder, or FLOAT.tflite QUANT.tflite")
+    for path in (float_path, quant_path):
+        ensure_loadable(path)  # in a subprocess first: a corrupt file must not crash this process
+    inputs, source = diagnosis_inputs(float_path, inputs_path, args.samples)
+    result = diagnose(float_path, quant_path, inputs, onnx_path)
+    if args.json:
+        print(json.dumps(result.to_dict(top=args.top), indent=2))
+        return 0
+    print(f"{quant_path} vs {float_path}: {source}")
+    print(f"  matched {len(result.layers)} of {result.float_ops} float ops ({result.methods}); "
+          f"{'verified' if result.verified else 'NOT verified'}; input quantization error {result.input_error:.4f}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    print(format_table(result.ranked()[: args.top], markdown=False))
+    return 0
+
+
+def _run_dir_models(run_dir: Path, precision: str | None):
+    """(float32 file, reduced file, model.onnx, calibration.npy) of a run folder's last export stage."""
+    from .artifacts import read_json
+    from .errors import UserError
+
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise UserError(f"{run_dir}: no metrics.json; give a run folder or FLOAT.tflite QUANT.tflite")
+    stages = read_json(metrics_path)["stages"]
+    folders = {e["type"]: run_dir / f"{i + 1:02d}-{e['name']}" for i, e in enumerate(stages)}
+    exports = [e for e in stages if e["type"] == "export"]
+    if not exports:
+        raise UserError(f"{run_dir}: the run has no export stage")
+    artifacts = {a["precision"]: run_dir / a["path"] for a in exports[-1].get("artifacts", [])}
+    reduced = [p for p in artifacts if p != "float32"]
+    precision = precision or (reduced[0] if reduced else None)
+    if precision not in artifacts or "float32" not in artifacts:
+        raise UserError(f"{run_dir}: no {precision or 'reduced-precision'} file next to float32; exported: {', '.join(artifacts)}")
+    folder = artifacts["float32"].parent
+    calibration = folders["quantize"] / "calibration.npy" if "quantize" in folders else None
+    return (artifacts["float32"], artifacts[precision], folder / "model.onnx",
+            calibration if calibration is not None and calibration.is_file() else None)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -190,7 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="ops, versions, tensors and quantization of a .tflite model")
     p.add_argument("model")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--tensors", action="store_true", help="list every tensor with its quantization")
+    p.add_argument("--device", help="also check that the model loads on this device's runtime (exit 1 if not)")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("diagnose", help="per-layer error of a quantized .tflite against its float32 model")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="a run folder, or FLOAT.tflite QUANT.tflite")
+    p.add_argument("--precision", help="which exported file of a run folder (default: the first reduced one)")
+    p.add_argument("--inputs", help=".npy of NHWC float inputs (default: the run's calibration set)")
+    p.add_argument("--onnx", help="the ONNX model, to name layers after the PyTorch modules")
+    p.add_argument("--samples", type=int, default=32, help="inputs to run (default: 32)")
+    p.add_argument("--top", type=int, default=10, help="layers to show (default: 10)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("devices", help="list device profiles (and, with --check, which are reachable)")
     p.add_argument("names", nargs="*", metavar="NAME", help="only these devices (default: all)")

@@ -26,8 +26,8 @@ class Edit:
     summary: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, model: nn.Module, path: str, new: nn.Module) -> None:
-        """Apply and record one replacement."""
-        model.set_submodule(path, new)
+        """Apply and record one replacement (at every path that shares the module, see `_replace`)."""
+        _replace(model, path, new)
         self.ops.append({"op": "replace", "path": path, "module": module_spec(new)})
 
     def share(self, model: nn.Module, path: str, source: str) -> None:
@@ -42,11 +42,24 @@ class Edit:
         return cls(**data)
 
 
+def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
+    """Put `new` at `path` and at every other path holding the same module object.
+
+    A module shared by `share` is one object under several names; pruning resizes it in place (so
+    all its uses change) but records one replace op at its first name. Replacing the object wherever
+    it is used keeps the sharing on replay.
+    """
+    old = model.get_submodule(path)
+    paths = [name for name, m in model.named_modules(remove_duplicate=False) if m is old and name] or [path]
+    for name in dict.fromkeys([path, *paths]):
+        model.set_submodule(name, new)
+
+
 def replay(model: nn.Module, edits: list[Edit]) -> nn.Module:
     for edit in edits:
         for op in edit.ops:
             if op["op"] == "replace":
-                model.set_submodule(op["path"], build_module(op["module"]))
+                _replace(model, op["path"], build_module(op["module"]))
             elif op["op"] == "share":
                 model.set_submodule(op["path"], model.get_submodule(op["source"]))
             else:

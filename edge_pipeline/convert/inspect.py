@@ -1,83 +1,182 @@
-"""Read a .tflite flatbuffer without a runtime: ops (+versions), tensors, quantization, sizes."""
+"""Read a .tflite flatbuffer without a runtime: ops (+versions), tensors, quantization, sizes.
+
+`read_graph` gives the operator graph as plain data (used by diagnosis and compatibility checks);
+`inspect_tflite` summarizes it for people and scripts (`edge-pipeline inspect`).
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+import numpy as np
+
+from .flatbuffer import enum_names, read_model, schema
+
+# Ops that only move values between integer and float: diagnosis looks through them.
+CAST_OPS = ("QUANTIZE", "DEQUANTIZE")
 
 
-def _schema():
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:  # pragma: no cover - tensorflow ships the same generated module
-        from tensorflow.lite.python import schema_py_generated as schema  # type: ignore[no-redef]
-    return schema
+@dataclass
+class Tensor:
+    index: int
+    name: str
+    shape: list[int]
+    dtype: str
+    buffer: int
+    constant: bool
+    bytes: int
+    scales: list[float] = field(default_factory=list)
+    zero_points: list[int] = field(default_factory=list)
+    axis: int = 0
 
 
-def _enum_names(enum_cls) -> dict[int, str]:
-    return {v: k for k, v in vars(enum_cls).items() if not k.startswith("_") and isinstance(v, int)}
+@dataclass
+class Op:
+    index: int
+    name: str  # BUILTIN name (e.g. CONV_2D), or the custom code / Flex op name
+    version: int
+    inputs: list[int]
+    outputs: list[int]
 
 
-def inspect_tflite(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        buf = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
-    if len(buf) < 8 or buf[4:8] != b"TFL3":
-        raise UserError(f"{path}: not a TFLite model (no TFL3 flatbuffer identifier); the file is corrupt or another format")
-    schema = _schema()
-    try:
-        model = schema.ModelT.InitFromPackedBuf(buf, 0)
-    except Exception as exc:  # a truncated flatbuffer fails in many ways
-        raise UserError(f"{path}: corrupt TFLite flatbuffer ({type(exc).__name__}); re-export the model") from None
-    op_names = _enum_names(schema.BuiltinOperator)
-    type_names = _enum_names(schema.TensorType)
+@dataclass
+class Graph:
+    """Subgraph 0 of a TFLite model (the one the interpreter runs)."""
+
+    path: str
+    size_bytes: int
+    tensors: list[Tensor]
+    ops: list[Op]
+    inputs: list[int]
+    outputs: list[int]
+    subgraphs: int
+    min_runtime_version: str | None
+    model: Any = field(repr=False, default=None)  # the ModelT, for constant data
+
+    def constant(self, index: int) -> np.ndarray | None:
+        """A constant tensor's values as float32 (dequantized when it is integer); None if not constant."""
+        t = self.tensors[index]
+        if not t.constant:
+            return None
+        raw = np.asarray(self.model.buffers[t.buffer].data, dtype=np.uint8).tobytes()
+        dtypes = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "uint8": np.uint8,
+                  "int16": np.int16, "int32": np.int32, "int64": np.int64}
+        if t.dtype not in dtypes:
+            return None
+        values = np.frombuffer(raw, dtype=dtypes[t.dtype]).astype(np.float32)
+        if t.scales and t.dtype not in ("float32", "float16"):
+            shape = [1] * max(1, len(t.shape))
+            if len(t.scales) > 1:
+                shape[t.axis] = len(t.scales)
+            values = values.reshape(t.shape or [-1])
+            values = (values - np.asarray(t.zero_points, np.float32).reshape(shape)) * np.asarray(t.scales, np.float32).reshape(shape)
+        return values.reshape(t.shape) if t.shape and int(np.prod(t.shape)) == values.size else values
+
+    def producers(self) -> dict[int, Op]:
+        return {o: op for op in self.ops for o in op.outputs}
+
+    def consumers(self) -> dict[int, list[Op]]:
+        out: dict[int, list[Op]] = {}
+        for op in self.ops:
+            for i in op.inputs:
+                if i >= 0:
+                    out.setdefault(i, []).append(op)
+        return out
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_graph(path: str | Path | bytes, label: str | None = None) -> Graph:
+    model = read_model(path, label)
+    s = schema()
+    op_names = enum_names(s.BuiltinOperator)
+    type_names = enum_names(s.TensorType)
     codes = []
     for code in model.operatorCodes or []:
         builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
         name = op_names.get(builtin, f"BUILTIN_{builtin}")
         if name == "CUSTOM":
-            custom = code.customCode.decode() if isinstance(code.customCode, bytes) else str(code.customCode)
-            name = custom
-        codes.append({"name": name, "version": code.version})
+            name = _text(code.customCode)
+        codes.append((name, int(code.version)))
     subgraph = model.subgraphs[0]
-    counts = Counter(codes[op.opcodeIndex]["name"] for op in subgraph.operators or [])
-    versions: dict[str, int] = {}
-    for c in codes:
-        versions[c["name"]] = max(versions.get(c["name"], 0), c["version"])
     buffers = model.buffers or []
-
-    def tensor_info(index: int) -> dict[str, Any]:
-        t = subgraph.tensors[index]
+    tensors = []
+    for index, t in enumerate(subgraph.tensors or []):
+        data = buffers[t.buffer].data if 0 < t.buffer < len(buffers) else None
         q = t.quantization
-        scales = list(q.scale) if q is not None and q.scale is not None else []
-        zeros = list(q.zeroPoint) if q is not None and q.zeroPoint is not None else []
-        data = buffers[t.buffer].data if t.buffer < len(buffers) and buffers[t.buffer].data is not None else None
-        info = {
-            "index": index, "name": t.name.decode() if isinstance(t.name, bytes) else str(t.name),
-            "shape": [int(s) for s in (t.shape if t.shape is not None else [])],
-            "dtype": type_names.get(t.type, str(t.type)).lower(), "bytes": int(len(data)) if data is not None else 0,
-        }
-        if scales:
-            info["quantization"] = {
-                "scales": len(scales), "scale": float(scales[0]) if len(scales) == 1 else [float(min(scales)), float(max(scales))],
-                "zero_point": int(zeros[0]) if len(zeros) == 1 else "per-channel",
-                "axis": int(q.quantizedDimension),
-            }
-        return info
+        tensors.append(Tensor(
+            index=index, name=_text(t.name), shape=[int(s) for s in (t.shape if t.shape is not None else [])],
+            dtype=type_names.get(t.type, str(t.type)).lower(), buffer=int(t.buffer),
+            constant=data is not None and len(data) > 0, bytes=int(len(data)) if data is not None else 0,
+            scales=[float(v) for v in (q.scale if q is not None and q.scale is not None else [])],
+            zero_points=[int(v) for v in (q.zeroPoint if q is not None and q.zeroPoint is not None else [])],
+            axis=int(q.quantizedDimension) if q is not None else 0,
+        ))
+    ops = []
+    for index, op in enumerate(subgraph.operators or []):
+        name, version = codes[op.opcodeIndex]
+        ops.append(Op(index, name, version, [int(i) for i in (op.inputs if op.inputs is not None else [])],
+                      [int(i) for i in (op.outputs if op.outputs is not None else [])]))
+    min_runtime = None
+    for meta in model.metadata or []:
+        if _text(meta.name) == "min_runtime_version" and 0 <= meta.buffer < len(buffers):
+            raw = buffers[meta.buffer].data
+            text = bytes(np.asarray(raw, dtype=np.uint8)).split(b"\0")[0].decode(errors="replace") if raw is not None else ""
+            min_runtime = text or min_runtime
+    size = len(path) if isinstance(path, (bytes, bytearray)) else Path(path).stat().st_size
+    return Graph(
+        path=label or ("<buffer>" if isinstance(path, (bytes, bytearray)) else str(path)), size_bytes=size,
+        tensors=tensors, ops=ops, inputs=[int(i) for i in subgraph.inputs], outputs=[int(i) for i in subgraph.outputs],
+        subgraphs=len(model.subgraphs), min_runtime_version=min_runtime, model=model,
+    )
 
-    tensors = [tensor_info(i) for i in range(len(subgraph.tensors or []))]
+
+def tensor_summary(t: Tensor) -> dict[str, Any]:
+    info: dict[str, Any] = {"index": t.index, "name": t.name, "shape": t.shape, "dtype": t.dtype, "bytes": t.bytes}
+    if t.scales:
+        info["quantization"] = {
+            "scales": len(t.scales),
+            "scale": t.scales[0] if len(t.scales) == 1 else [min(t.scales), max(t.scales)],
+            "zero_point": t.zero_points[0] if len(t.zero_points) == 1 else "per-channel",
+            "axis": t.axis,
+        }
+    return info
+
+
+ELEMENT_BYTES = {"float32": 4, "int32": 4, "float16": 2, "int16": 2, "int8": 1, "uint8": 1, "int64": 8, "bool": 1}
+
+
+def activation_bytes(t: Tensor) -> int:
+    return int(np.prod(t.shape or [1])) * ELEMENT_BYTES.get(t.dtype, 4)
+
+
+def inspect_tflite(path: str | Path) -> dict[str, Any]:
+    graph = read_graph(path)
+    known = set(enum_names(schema().BuiltinOperator).values())
+    counts = Counter(op.name for op in graph.ops)
+    versions: dict[str, int] = {}
+    for op in graph.ops:
+        versions[op.name] = max(versions.get(op.name, 0), op.version)
+    tensors = [tensor_summary(t) for t in graph.tensors]
+    activations = [t for t in graph.tensors if not t.constant]
+    dtypes = Counter(t.dtype for t in activations)
+    weights = Counter(t.dtype for t in graph.tensors if t.constant)
     flex = sorted(name for name in counts if name.startswith("Flex"))
+    largest = max(activations, key=activation_bytes, default=None)
     return {
-        "file": str(path), "size_bytes": len(buf),
-        "inputs": [tensors[i] for i in subgraph.inputs], "outputs": [tensors[i] for i in subgraph.outputs],
+        "file": str(path), "size_bytes": graph.size_bytes,
+        "inputs": [tensors[i] for i in graph.inputs], "outputs": [tensors[i] for i in graph.outputs],
         "ops": dict(sorted(counts.items())), "op_versions": dict(sorted(versions.items())),
         "op_count": int(sum(counts.values())), "transposes": int(counts.get("TRANSPOSE", 0)),
-        "flex_ops": flex, "custom_ops": sorted(n for n in counts if n not in op_names.values() and not n.startswith("Flex")),
-        "tensors": tensors, "weight_bytes": int(sum(t["bytes"] for t in tensors)),
-        "subgraphs": len(model.subgraphs),
+        "flex_ops": flex, "custom_ops": sorted(n for n in counts if n not in known and not n.startswith("Flex")),
+        "tensors": tensors, "weight_bytes": int(sum(t.bytes for t in graph.tensors)),
+        "activation_dtypes": dict(sorted(dtypes.items())), "weight_dtypes": dict(sorted(weights.items())),
+        "largest_activation": {"name": largest.name, "shape": largest.shape, "bytes": activation_bytes(largest)} if largest else None,
+        "quantized_tensors": int(sum(1 for t in graph.tensors if t.scales)),
+        "min_runtime_version": graph.min_runtime_version, "subgraphs": graph.subgraphs,
     }

@@ -42,8 +42,34 @@ def _linear_after(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | Non
     return None
 
 
+def pooling_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """AdaptiveAvgPool1d as a (size_out x size_in) matrix: row k averages PyTorch's bin k."""
+    matrix = torch.zeros(size_out, size_in)
+    for k in range(size_out):
+        start, end = (k * size_in) // size_out, -(-(k + 1) * size_in // size_out)
+        matrix[k, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def _pool_before(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
+    """The non-global AdaptiveAvgPool2d feeding only this flatten, if any.
+
+    It is linear, so the Linear after the flatten can absorb it: the conv then runs over the map
+    before pooling. That also removes pools ONNX cannot express (VGG's 7x7 pool over a 2x2 map at
+    64x64 input: "output size that are not factor of input size")."""
+    source = node.args[0]
+    if not (isinstance(source, fx.Node) and source.op == "call_module" and len(source.users) == 1):
+        return None
+    pool = modules[source.target]
+    meta = source.meta.get("tensor_meta")
+    if not isinstance(pool, nn.AdaptiveAvgPool2d) or meta is None or tuple(meta.shape[2:]) == (1, 1):
+        return None  # a global pool stays: it is one cheap MEAN op
+    return source
+
+
 def fold_flatten_linear(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
-    """Return an equivalent module with every Flatten->Linear over a HxW>1 map made a Conv2d."""
+    """Return an equivalent module with every Flatten->Linear over a HxW>1 map made a Conv2d
+    (absorbing a non-global AdaptiveAvgPool2d right before the flatten)."""
     try:
         graph_module = fx.symbolic_trace(module.eval())
         ShapeProp(graph_module).propagate(torch.zeros(input_shape))
@@ -51,24 +77,34 @@ def fold_flatten_linear(module: nn.Module, input_shape: tuple[int, ...]) -> tupl
         return module, 0
     modules = dict(graph_module.named_modules())
     folded = 0
+    renamed: dict[str, str] = {}
     for node in list(graph_module.graph.nodes):
         if not _is_flatten(node, modules):
             continue
         source = node.args[0]
         meta = source.meta.get("tensor_meta") if isinstance(source, fx.Node) else None
-        if meta is None or len(meta.shape) != 4 or meta.shape[2] * meta.shape[3] == 1:
+        pool = _pool_before(node, modules)
+        if meta is None or len(meta.shape) != 4 or (pool is None and meta.shape[2] * meta.shape[3] == 1):
             continue
         linear_node = _linear_after(node, modules)
         if linear_node is None:
             continue
-        _, c, h, w = meta.shape
+        _, c, oh, ow = meta.shape
         linear: nn.Linear = modules[linear_node.target]
+        weight = linear.weight.detach().view(linear.out_features, c, oh, ow)
+        if pool is not None:
+            source = pool.args[0]
+            _, _, h, w = source.meta["tensor_meta"].shape
+            weight = torch.einsum("ocij,ih,jw->ochw", weight, pooling_matrix(h, oh), pooling_matrix(w, ow))
+        else:
+            h, w = oh, ow
         conv = nn.Conv2d(c, linear.out_features, (h, w), bias=linear.bias is not None)
         with torch.no_grad():
-            conv.weight.copy_(linear.weight.view(linear.out_features, c, h, w))
+            conv.weight.copy_(weight)
             if linear.bias is not None:
                 conv.bias.copy_(linear.bias)
         name = f"nhwc_fold_{folded}"
+        renamed[name] = str(linear_node.target)
         graph_module.add_submodule(name, conv)
         with graph_module.graph.inserting_before(linear_node):
             conv_node = graph_module.graph.call_module(name, (source,))
@@ -81,4 +117,6 @@ def fold_flatten_linear(module: nn.Module, input_shape: tuple[int, ...]) -> tupl
     graph_module.graph.eliminate_dead_code()
     graph_module.delete_all_unused_submodules()
     graph_module.recompile()
+    # The Linear each conv replaces, so exported names (and per-layer diagnosis) keep the model's names.
+    graph_module.export_scopes = {**getattr(module, "export_scopes", {}), **renamed}
     return graph_module.eval(), folded

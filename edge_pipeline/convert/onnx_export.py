@@ -15,7 +15,19 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
-def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, opset: int = 17) -> None:
+def export_onnx(
+    module: nn.Module, input_shape: tuple[int, ...], path: Path, opset: int = 17, scopes: dict[str, str] | None = None
+) -> dict[str, int]:
+    """Export with a static input shape, then make the graph what onnx2tf converts best, and check it:
+    - onnxsim folds shape arithmetic into constants (ShuffleNet's channel split is Slice(Shape*k));
+    - node names lose their leading '/', which onnx2tf's SavedModel writer rejects for some ops
+      (RegNet's grouped convs), and export-time module names map back to the model's (`scopes`);
+    - padded max pools after a ReLU pad with zeros (see maxpool.py).
+    Returns what changed: {"simplified": 0/1, "maxpools_zero_padded": n}."""
+    import onnx
+
+    from .maxpool import zero_pad_maxpools
+
     module = module.eval()
     example = torch.zeros(input_shape)
     with warnings.catch_warnings():
@@ -27,27 +39,56 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, ops
             )
         except Exception as exc:
             raise PipelineError(f"export: torch.onnx.export failed: {str(exc).splitlines()[0]}") from None
+    model = onnx.load(str(path))
+    model, simplified = _simplify(model)
+    for node in model.graph.node:
+        node.name = "/".join((scopes or {}).get(part, part) for part in node.name.split("/")).lstrip("/")
+    padded = zero_pad_maxpools(model)
+    onnx.save(model, str(path))
     check_onnx(path)
+    return {"simplified": int(simplified), "maxpools_zero_padded": padded}
+
+
+def _simplify(model):
+    """onnxsim's simplification when it succeeds and keeps the outputs (it checks on random inputs)."""
+    try:
+        import onnxsim
+
+        simplified, ok = onnxsim.simplify(model)
+    except Exception:  # an op onnxsim cannot run: keep the exporter's graph, the checks still apply
+        return model, False
+    return (simplified, True) if ok else (model, False)
 
 
 def check_onnx(path: Path) -> None:
-    """Full checker, strict shape inference, and every input/output dimension static."""
+    """Full checker, strict shape inference, and every tensor shape static (inputs, outputs and
+    every intermediate value): TFLite plans memory ahead and onnx2tf needs concrete shapes."""
     import onnx
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
         model = onnx.load(str(path))
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:
         raise PipelineError(f"export: {path.name} fails the ONNX checker: {str(exc).splitlines()[0]}") from None
-    for value in list(model.graph.input) + list(model.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        symbolic = [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
-        if symbolic:
-            raise PipelineError(
-                f"export: {value.name} has symbolic dimensions {symbolic}; TFLite needs static shapes "
-                "(export with a fixed input shape)"
-            )
+    producers = {out: node for node in inferred.graph.node for out in node.output}
+    graph = inferred.graph
+    for kind, values in (("input", graph.input), ("output", graph.output), ("tensor", graph.value_info)):
+        for value in values:
+            if not value.type.HasField("tensor_type"):
+                continue
+            shape = value.type.tensor_type.shape
+            dims = shape.dim if value.type.tensor_type.HasField("shape") else None
+            if dims is None and kind == "tensor":
+                continue  # inference left this one unknown: not evidence of a dynamic shape
+            symbolic = ["?"] if dims is None else [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
+            if symbolic:
+                node = producers.get(value.name)
+                where = f" (output of {node.op_type} node {node.name!r})" if node is not None else ""
+                raise PipelineError(
+                    f"export: {kind} {value.name!r}{where} has symbolic dimensions {symbolic}; TFLite needs static "
+                    "shapes: export with a fixed input shape and avoid shape-dependent ops (x.size(), dynamic reshape)"
+                )
 
 
 def onnxruntime_outputs(path: Path, inputs: np.ndarray) -> np.ndarray:

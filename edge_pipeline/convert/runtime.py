@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -33,14 +34,58 @@ def interpreter_class(preferred: str | None = None):
     raise UserError(f"no TFLite runtime found (tried {', '.join(order)}); pip install ai-edge-litert")
 
 
-def load_interpreter(path: str | Path, threads: int = 1):
-    _, _, cls = interpreter_class()
+def load_interpreter(path: str | Path, threads: int = 1, preserve_all_tensors: bool = False):
+    """An allocated interpreter. With `preserve_all_tensors`, every intermediate tensor stays readable
+    after `invoke` (for per-layer diagnosis); the default XNNPACK delegate is then left out, since
+    it computes delegated ops inside its own buffers."""
+    name, _, cls = interpreter_class()
+    kwargs: dict = {"model_path": str(path), "num_threads": threads}
+    if preserve_all_tensors:
+        kwargs["experimental_preserve_all_tensors"] = True
+        kwargs["experimental_op_resolver_type"] = _op_resolver_types(name).BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
-        interpreter = cls(model_path=str(path), num_threads=threads)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "preserve_all_tensors is intended for debugging"
+            interpreter = cls(**kwargs)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
-        raise UserError(f"{path}: not a loadable TFLite model ({str(exc).strip().splitlines()[0][:200]})") from None
+        raise UserError(f"{path}: not a loadable TFLite model ({load_error_summary(str(exc))})") from None
     return interpreter
+
+
+def _op_resolver_types(runtime: str):
+    if runtime == "ai-edge-litert":
+        from ai_edge_litert.interpreter import OpResolverType
+    elif runtime == "tflite-runtime":
+        from tflite_runtime.interpreter import OpResolverType  # type: ignore[import-not-found]
+    else:
+        import tensorflow as tf
+
+        OpResolverType = tf.lite.experimental.OpResolverType
+    return OpResolverType
+
+
+def load_error_summary(text: str) -> str:
+    """The informative line of an interpreter load/prepare error (they span several lines)."""
+    lines = [l.strip() for l in text.strip().splitlines() if l.strip() and l.strip() != "Registration failed."]
+    return " ".join(lines)[:300] if lines else "unknown error"
+
+
+def tensor_value(interpreter, detail: dict) -> np.ndarray:
+    """A tensor's current value as float32 (dequantized with its own per-tensor/per-axis parameters)."""
+    value = interpreter.get_tensor(detail["index"])
+    if value.dtype in (np.float32, np.float16, np.float64):
+        return value.astype(np.float32)
+    params = detail.get("quantization_parameters") or {}
+    scales = np.asarray(params.get("scales", []), np.float32)
+    zeros = np.asarray(params.get("zero_points", []), np.float32)
+    if scales.size == 0:
+        return value.astype(np.float32)
+    if scales.size == 1:
+        return (value.astype(np.float32) - zeros.reshape(())) * scales.reshape(())
+    shape = [1] * value.ndim
+    shape[params.get("quantized_dimension", 0)] = scales.size
+    return (value.astype(np.float32) - zeros.reshape(shape)) * scales.reshape(shape)
 
 
 def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
@@ -70,3 +115,22 @@ def run_tflite(interpreter, batches_nhwc: Iterable[np.ndarray]) -> np.ndarray:
             interpreter.invoke()
             results.append(dequantize_output(interpreter.get_tensor(out["index"]), out)[0])
     return np.stack(results)
+
+
+def median_latency_ms(path: str | Path, runs: int = 200, threads: int = 1) -> float:
+    """Median in-process invoke time (default delegates, as deployed): a quick relative measure for
+    comparing two variants of one model side by side. Device numbers come from the profile stage."""
+    import time
+
+    interpreter = load_interpreter(path, threads)
+    detail = interpreter.get_input_details()[0]
+    x = np.random.default_rng(0).standard_normal(detail["shape"]).astype(np.float32)
+    interpreter.set_tensor(detail["index"], quantize_input(x, detail))
+    for _ in range(max(3, runs // 20)):
+        interpreter.invoke()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        interpreter.invoke()
+        times.append((time.perf_counter() - started) * 1000.0)
+    return float(np.median(times))

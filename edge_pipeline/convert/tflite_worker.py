@@ -5,19 +5,33 @@ quantized precision from the SavedModel with our calibration data. Running in a 
 TensorFlow out of the parent (and its crashes: a segfault here is a clear error there), and lets us
 block the network: any connection attempt fails loudly instead of downloading something.
 
-Protocol: argv[1] is a JSON spec file; progress lines `@@step <name>` go to stdout; the result
-(precision -> file) is written to spec["result"].
+Selective int8 (keep_float / auto_keep_float): the converter calibrates once
+(`_experimental_calibrate_only`), then `mlir_quantize` quantizes that calibrated model with
+`denylisted_nodes` (output tensor names of the ops to keep in float): the same two calls that
+`tf.lite.experimental.QuantizationDebugger.get_nondebug_quantized_model` makes in TF 2.19.
+
+Protocol: argv[1] is a JSON spec file; progress lines `@@step <name>` go to stdout, a Python
+failure ends with one `@@error <json>` line; the result (precision -> file, seconds, selective
+quantization facts) is written to spec["result"]. Exit code 3 means bad input (e.g. a keep_float
+glob that matches no layer), anything else non-zero a conversion failure.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import sys
 import time
 from pathlib import Path
+
+INPUT_ERROR_EXIT = 3
+
+
+class InputError(Exception):
+    """Bad input found during conversion: reported as a user error by the parent."""
 
 
 def _block_network() -> None:
@@ -57,6 +71,7 @@ def _converter(saved_model: str, precision: str, calibration, io_type: str, per_
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
         ]
+        # int16x8 models take int16 (or float32) at the boundary; int8/uint8 mean "integer io" here.
         io = tf.int16 if io_type != "float32" else tf.float32
         converter.inference_input_type = io
         converter.inference_output_type = io
@@ -67,24 +82,89 @@ def _converter(saved_model: str, precision: str, calibration, io_type: str, per_
     return converter
 
 
-def main(spec_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
-    _block_network()
-    os.chdir(spec["workdir"])
+def selective_int8(spec: dict, tf_dir: Path, calibration, full_int8: Path) -> tuple[bytes, dict]:
+    """An int8 model with chosen layers kept in float (see the module docstring)."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    from edge_pipeline.convert.compat import ensure_loadable
+    from edge_pipeline.convert.diagnose import diagnose, layer_names, select_layers
+    from edge_pipeline.errors import EdgePipelineError
+    from edge_pipeline.convert.inspect import read_graph
+    from edge_pipeline.convert.selective import denylist
+
+    converter = _converter(str(tf_dir), "int8", calibration, spec["io_type"], spec["per_channel"])
+    converter._experimental_calibrate_only = True
+    calibrated_path = Path(spec["workdir"]) / "calibrated_int8.tflite"
+    calibrated_path.write_bytes(converter.convert())
+    graph = read_graph(calibrated_path)
+    names = layer_names(graph, spec["onnx"])
+    by_name = {name: index for index, name in names.items()}
+    chosen, unmatched = select_layers(names.values(), spec.get("keep_float") or [])
+    if unmatched:
+        known = ", ".join(list(names.values())[:12]) + (", ..." if len(names) > 12 else "")
+        raise InputError(f"keep_float: no layer matches {', '.join(map(repr, unmatched))}; layers are: {known}")
+    ranked: list[dict] = []
+    auto = int(spec.get("auto_keep_float") or 0)
+    if auto:
+        try:
+            ensure_loadable(full_int8)  # diagnosis runs it in this process: check in a subprocess first
+        except EdgePipelineError as exc:
+            raise RuntimeError(f"auto_keep_float cannot rank layers: {exc}; name layers with keep_float instead") from None
+        samples = np.asarray(calibration[: spec.get("diagnose_samples", 32)], np.float32)
+        diagnosis = diagnose(calibrated_path, full_int8, samples, spec["onnx"])
+        ranked = diagnosis.to_dict(top=max(10, auto))["ranked"]
+        picked = [r["layer"] for r in ranked if r["quant_dtype"] not in ("float32", "float16")][:auto]
+        chosen += [name for name in picked if name not in chosen]
+    io = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[spec["io_type"]]
+    nodes = denylist(graph, {by_name[name] for name in chosen})
+    model = mlir_quantize(
+        calibrated_path.read_bytes(), disable_per_channel=not spec["per_channel"],
+        input_data_type=io, output_data_type=io, denylisted_nodes=nodes,
+    )
+    return model, {"layers": chosen, "denylisted_tensors": nodes, "auto_ranked": ranked}
+
+
+UNSUPPORTED_OP = re.compile(r"not yet supported for op: '(\w+)'")
+
+
+def quantized_model(spec: dict, tf_dir: Path, precision: str, calibration) -> tuple[bytes, list[str]]:
+    """The converter's model for a reduced precision, and the ops left in float. If the integer
+    kernel set lacks an op (int16x8 has no HARD_SWISH), that op alone falls back to float:
+    TFLITE_BUILTINS joins the supported ops, and the report says which ops stayed float."""
+    import tensorflow as tf
+
+    converter = _converter(str(tf_dir), precision, calibration, spec["io_type"], spec["per_channel"])
+    try:
+        return converter.convert(), []
+    except Exception as exc:  # noqa: BLE001 - only the "op not supported" case is retried
+        missing = UNSUPPORTED_OP.findall(str(exc))
+        if not missing or precision not in ("int8", "int16x8"):
+            raise
+    converter = _converter(str(tf_dir), precision, calibration, spec["io_type"], spec["per_channel"])
+    converter.target_spec.supported_ops = list(converter.target_spec.supported_ops) + [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter.convert(), sorted(set(missing))
+
+
+def convert_all(spec: dict) -> dict:
+    """onnx2tf once, then each precision; a reduced precision that fails is recorded, not fatal
+    to the others (the parent decides)."""
+    out_dir = Path(spec["out_dir"])
+    tf_dir = Path(spec["workdir"]) / "tf"
+    stem = Path(spec["onnx"]).stem
     step("onnx2tf")
     started = time.perf_counter()
     import onnx2tf
 
-    tf_dir = Path(spec["workdir"]) / "tf"
     onnx2tf.convert(input_onnx_file_path=spec["onnx"], output_folder_path=str(tf_dir), non_verbose=True)
-    produced = {}
-    stem = Path(spec["onnx"]).stem
-    seconds = {"onnx2tf": round(time.perf_counter() - started, 2)}
+    result: dict = {"files": {}, "seconds": {"onnx2tf": round(time.perf_counter() - started, 2)},
+                    "selective": None, "failed": {}, "float_fallback": {}}
     calibration = None
     for precision in spec["precisions"]:
         started = time.perf_counter()
         step(precision)
-        target = Path(spec["out_dir"]) / f"model_{precision}.tflite"
+        target = out_dir / f"model_{precision}.tflite"
         if precision in ("float32", "float16"):
             source = tf_dir / f"{stem}_{precision}.tflite"
             if not source.is_file():
@@ -95,11 +175,43 @@ def main(spec_path: str) -> int:
                 import numpy as np
 
                 calibration = np.load(spec["calibration"])
-            converter = _converter(str(tf_dir), precision, calibration, spec["io_type"], spec["per_channel"])
-            target.write_bytes(converter.convert())
-        produced[precision] = str(target)
-        seconds[precision] = round(time.perf_counter() - started, 2)
-    Path(spec["result"]).write_text(json.dumps({"files": produced, "seconds": seconds}))
+            try:
+                model, fallback = quantized_model(spec, tf_dir, precision, calibration)
+            except Exception as exc:  # noqa: BLE001 - reported per precision
+                text = str(exc).strip().splitlines()
+                result["failed"][precision] = f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+                continue
+            target.write_bytes(model)
+            if fallback:
+                result["float_fallback"][precision] = fallback
+            if precision == "int8" and (spec.get("keep_float") or spec.get("auto_keep_float")):
+                step("int8 keep_float")
+                full = out_dir / "model_int8_full.tflite"
+                os.replace(target, full)
+                model, facts = selective_int8(spec, tf_dir, calibration, full)
+                target.write_bytes(model)
+                result["selective"] = {**facts, "full_int8": str(full)}
+        result["files"][precision] = str(target)
+        result["seconds"][precision] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    _block_network()
+    os.chdir(spec["workdir"])
+    try:
+        result = convert_all(spec)
+    except InputError as exc:
+        print("@@error " + json.dumps({"kind": "input", "message": str(exc)}), flush=True)
+        return INPUT_ERROR_EXIT
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, then re-raised for the log
+        if isinstance(exc, SystemExit):
+            raise  # onnx2tf exits after printing its own ERROR lines: the parent reads them in the log
+        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        print("@@error " + json.dumps({"kind": "conversion", "type": type(exc).__name__, "message": message}), flush=True)
+        raise
+    Path(spec["result"]).write_text(json.dumps(result))
     step("done")
     return 0
 

@@ -1,12 +1,24 @@
-"""`restructure`: swap layers for cheaper structures (each transform is a key under the stage)."""
+"""`restructure`: swap layers for cheaper structures; each transform is a key under the stage.
+
+Transforms live in a registry (name -> config class, apply function, one-line summary); the stage's
+config is generated from it, so adding a transform is one `@transform(...)` function here plus its
+algorithm in `compress/`. Transforms run in the order the recipe writes them (recorded as `order`
+in the resolved recipe, so reordering them changes the cache key). Each is measured on calibration
+data against the model right before it: params and MACs before/after, layers replaced, and the
+reconstruction error of every replaced layer and of the logits.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, create_model, model_serializer, model_validator
 
+from ..registry import Registry
 from .base import Stage, StageConfig, Strict, register_stage
+
+Activation = Literal["none", "relu", "relu6", "hardswish"]
 
 
 class SelectionConfig(Strict):
@@ -22,31 +34,256 @@ class SelectionConfig(Strict):
         return Selection(self.include, self.exclude, self.min_channels, self.skip_first, self.skip_classifier)
 
 
+class RankConfig(Strict):
+    """How many components a factorization keeps: `rank`, or `energy`, not both."""
+
+    rank: int | None = Field(None, ge=1, description="Components kept (capped at the layer's full rank).")
+    energy: float | None = Field(None, gt=0, le=1, description="Smallest rank keeping this fraction of the squared singular values.")
+    only_if_smaller: bool = Field(True, description="Skip a layer whose factorized form would not have fewer weights.")
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if self.rank is not None and self.energy is not None:
+            raise ValueError("give `rank` or `energy`, not both")
+        return self
+
+
 class DepthwiseSeparableConfig(SelectionConfig):
-    activation: Literal["relu", "relu6", "hardswish", "none"] = "relu"
+    activation: Activation | None = Field(
+        None, description="Between the parts. Default: none for the separable block (linear; the SVD start is "
+        "exact, and Xception found no activation best), relu for the inverted residual (MobileNetV2).")
+    init: Literal["svd", "random"] = "svd"
+    inverted_residual: bool = Field(False, description="MobileNetV2 block: expand 1x1, depthwise, project 1x1, residual.")
+    expansion: int = Field(6, ge=1, le=16, description="Inverted residual: hidden channels = expansion x input channels.")
+    residual: bool = Field(True, description="Inverted residual: add the input where the shapes allow.")
+
+    @model_validator(mode="after")
+    def _inverted_options(self):
+        # Compared with the defaults, not with what was written: a resolved recipe lists every field.
+        loose = [f for f in ("expansion", "residual") if getattr(self, f) != type(self).model_fields[f].default]
+        if loose and not self.inverted_residual:
+            raise ValueError(f"{', '.join(sorted(loose))} only apply with `inverted_residual: true`")
+        return self
+
+    def block_activation(self) -> str:
+        return self.activation or ("relu" if self.inverted_residual else "none")
+
+
+class GroupedPointwiseConfig(SelectionConfig):
+    groups: int = Field(4, ge=2, le=64, description="Groups per 1x1 conv (rounded down per layer to a divisor of its channels).")
+    init: Literal["fit", "random"] = Field("fit", description="fit: the block-diagonal part of the un-shuffled weights.")
+
+
+class FactorizeConfig(SelectionConfig, RankConfig):
+    rank: int | None = Field(None, ge=1, description="Intermediate channels. Default (with no energy): the layer's "
+                             "output channels, as Inception v3.")
+    activation: Activation = Field("none", description="Between the kx1 and 1xk convs (with BN if not none).")
     init: Literal["svd", "random"] = "svd"
 
 
-class RestructureConfig(StageConfig):
-    depthwise_separable: DepthwiseSeparableConfig | None = None
-
-    @model_validator(mode="after")
-    def _something_to_do(self):
-        if not self.transforms():
-            raise ValueError("restructure needs at least one transform, e.g. `depthwise_separable: {}`")
-        return self
-
-    def transforms(self) -> list[tuple[str, Strict]]:
-        return [(name, getattr(self, name)) for name in type(self).model_fields if name != "name" and getattr(self, name) is not None]
+class DecomposeConfig(SelectionConfig):
+    mid_ratio: float = Field(1.0, gt=0, le=4, description="Middle channels = round(mid_ratio x min(in, out)).")
+    activation: Activation = Field("none", description="Between the 3x3 convs (with BN if not none).")
+    init: Literal["fit", "random"] = Field("fit", description="fit: the stacked kernels fitted to the original kernel.")
+    only_if_smaller: bool = Field(True, description="Skip a layer whose stack would not have fewer weights.")
 
 
-def _apply_depthwise(module, cfg: DepthwiseSeparableConfig):
+class LowRankConfig(SelectionConfig, RankConfig):
+    energy: float | None = Field(0.8, gt=0, le=1, description="Smallest rank keeping this fraction of the squared singular values.")
+    layers: list[Literal["conv", "linear"]] = Field(default_factory=lambda: ["conv", "linear"], min_length=1,
+                                                    description="Which layer kinds to factorize.")
+    init: Literal["svd", "random"] = "svd"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rank_replaces_energy(cls, data: Any) -> Any:
+        # `energy` has a default; a recipe that gives `rank` means "rank instead".
+        if isinstance(data, dict) and data.get("rank") is not None and "energy" not in data:
+            data = {**data, "energy": None}
+        return data
+
+
+class GapHeadConfig(SelectionConfig):
+    min_channels: int = Field(1, ge=1, description="Skip heads with fewer input or output features.")
+    skip_classifier: bool = Field(False, description="The classifier is usually the layer a GAP head replaces.")
+    init: Literal["fit", "average", "random"] = Field(
+        "fit", description="fit: least squares on calibration data; average: weights summed over positions.")
+
+
+class ShareConfig(SelectionConfig):
+    init: Literal["first", "mean"] = Field("first", description="Shared weights: the first block's, or the mean of all.")
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry
+
+
+@dataclass(frozen=True)
+class Transform:
+    name: str
+    Config: type[SelectionConfig]
+    # (module, config, calibration inputs NCHW, input shape) -> Edit; mutates the module in place.
+    apply: Callable[..., Any]
+    summary: str
+
+
+TRANSFORMS: Registry[Transform] = Registry("restructure transform")
+
+
+def transform(name: str, config: type[SelectionConfig], summary: str):
+    def wrap(apply):
+        TRANSFORMS.register(name, Transform(name, config, apply, summary))
+        return apply
+
+    return wrap
+
+
+@transform("depthwise_separable", DepthwiseSeparableConfig, "kxk conv -> depthwise kxk + pointwise 1x1 (or a MobileNetV2 inverted residual)")
+def _depthwise(module, cfg: DepthwiseSeparableConfig, inputs, input_shape):
     from ..compress.depthwise import depthwise_separable
 
-    return depthwise_separable(module, cfg.selection(), cfg.activation, cfg.init)
+    return depthwise_separable(module, cfg.selection(), cfg.block_activation(), cfg.init, cfg.inverted_residual,
+                               cfg.expansion, cfg.residual, inputs)
 
 
-APPLY = {"depthwise_separable": _apply_depthwise}
+@transform("grouped_pointwise", GroupedPointwiseConfig, "1x1 conv -> grouped 1x1 conv + channel shuffle (ShuffleNet)")
+def _grouped(module, cfg: GroupedPointwiseConfig, inputs, input_shape):
+    from ..compress.grouped import grouped_pointwise
+
+    return grouped_pointwise(module, cfg.selection(), cfg.groups, cfg.init)
+
+
+@transform("factorize", FactorizeConfig, "kxk conv -> kx1 conv + 1xk conv (Inception v3)")
+def _factorize(module, cfg: FactorizeConfig, inputs, input_shape):
+    from ..compress.factorize import factorize
+
+    return factorize(module, cfg.selection(), cfg.rank, cfg.energy, cfg.activation, cfg.init, cfg.only_if_smaller, inputs)
+
+
+@transform("decompose", DecomposeConfig, "5x5 / 7x7 conv -> stacked 3x3 convs (Inception v2)")
+def _decompose(module, cfg: DecomposeConfig, inputs, input_shape):
+    from ..compress.decompose import decompose
+
+    return decompose(module, cfg.selection(), cfg.mid_ratio, cfg.activation, cfg.init, cfg.only_if_smaller, inputs)
+
+
+@transform("low_rank", LowRankConfig, "Linear / conv -> two thinner layers by truncated SVD")
+def _low_rank(module, cfg: LowRankConfig, inputs, input_shape):
+    from ..compress.low_rank import low_rank
+
+    return low_rank(module, cfg.selection(), cfg.rank, cfg.energy, tuple(cfg.layers), cfg.init, cfg.only_if_smaller)
+
+
+@transform("gap_head", GapHeadConfig, "flatten + fully-connected head -> global average pooling + 1x1 projection")
+def _gap_head(module, cfg: GapHeadConfig, inputs, input_shape):
+    from ..compress.gap_head import gap_head
+
+    return gap_head(module, cfg.selection(), input_shape, cfg.init, inputs)
+
+
+@transform("share", ShareConfig, "repeated identical blocks -> one set of weights (ALBERT)")
+def _share(module, cfg: ShareConfig, inputs, input_shape):
+    from ..compress.share import share
+
+    return share(module, cfg.selection(), cfg.init)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage config, generated from the registry
+
+
+class _RestructureBase(StageConfig):
+    calibration_samples: int = Field(256, ge=8, le=100000, description="Inputs for data-aware init and reconstruction errors.")
+    refresh_bn: bool = Field(True, description="Re-estimate BatchNorm statistics after a lossy transform (AdaBN).")
+    order: list[str] = Field(default_factory=list, description="Transform order; filled in from the order they are written.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _order_as_written(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("order"):
+            return data
+        data = dict(data)
+        written = [key for key in data if key in TRANSFORMS]
+        for key in written:
+            if data[key] is None:  # `low_rank:` with no body means "with defaults"
+                data[key] = {}
+        data["order"] = written
+        return data
+
+    @model_validator(mode="after")
+    def _order_matches(self):
+        given = [name for name in TRANSFORMS.names() if getattr(self, name) is not None]
+        if not given:
+            raise ValueError(f"restructure needs at least one transform, e.g. `depthwise_separable: {{}}`; known: {', '.join(TRANSFORMS.names())}")
+        if sorted(self.order) != sorted(given) or len(set(self.order)) != len(self.order):
+            raise ValueError(f"order {self.order} must list each configured transform once: {given}")
+        if "share" in self.order and self.order[-1] != "share":
+            raise ValueError("`share` must be the last transform: a later one would replace only one of the shared copies")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _drop_unused(self, handler):
+        data = handler(self)
+        return {k: v for k, v in data.items() if not (k in TRANSFORMS and v is None)}
+
+    def transforms(self) -> list[tuple[str, SelectionConfig]]:
+        return [(name, getattr(self, name)) for name in self.order]
+
+
+RestructureConfig = create_model(
+    "RestructureConfig",
+    __base__=_RestructureBase,
+    __doc__="The `restructure` stage: one optional block per registered transform.",
+    **{t.name: (t.Config | None, Field(None, description=t.summary)) for _, t in TRANSFORMS.items()},
+)
+
+
+def apply_transform(module, name: str, cfg: SelectionConfig, inputs, input_shape, seed: int = 0,
+                    refresh_bn: bool = True) -> tuple[Any, dict[str, Any]]:
+    """Run one transform on `module` in place and measure it: (Edit, facts for details.json).
+
+    Facts: layers replaced, params and MACs before/after, and the reconstruction on `inputs`
+    (per-layer relative errors, logits error, top-1 agreement with the model before). A lossy
+    transform (any layer error > 1e-4) is followed by a BatchNorm statistics refresh on `inputs`
+    when `refresh_bn` (see `compress/batchnorm.refresh_statistics`); the agreement before that
+    refresh is kept under `before_bn_refresh`.
+    """
+    import copy
+
+    import torch
+    from torch import nn
+
+    from ..compress.batchnorm import refresh_statistics
+    from ..compress.reconstruction import probes_of, reconstruction
+    from ..evaluation import count_macs, count_params
+
+    module.eval()
+    before = copy.deepcopy(module)
+    torch.manual_seed(seed)  # `random` init (and seeded fits) reproducible
+    edit = TRANSFORMS.get(name).apply(module, cfg, inputs, input_shape)
+    module.eval()
+    facts: dict[str, Any] = {
+        "replaced": len(edit.ops),
+        "params_before": count_params(before), "params_after": count_params(module),
+        "macs_before": count_macs(before, input_shape), "macs_after": count_macs(module, input_shape),
+    }
+    if edit.ops:
+        probes = probes_of(edit)
+        rec = reconstruction(before, module, probes, inputs)
+        lossy = [p for p, e in rec["layers"].items() if e is None or e > 1e-4]
+        if refresh_bn and lossy:
+            inserted = [] if getattr(cfg, "init", None) == "random" else [
+                m for op in edit.ops if op["op"] == "replace"
+                for m in module.get_submodule(op["path"]).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            ]
+            refreshed = refresh_statistics(module, [module.get_submodule(p) for p in lossy], inserted, inputs)
+            if refreshed:
+                first = {k: rec[k] for k in ("logits_rel_error", "top1_agreement")}
+                rec = reconstruction(before, module, probes, inputs)
+                rec["bn_refreshed"] = refreshed
+                rec["before_bn_refresh"] = first
+        facts["reconstruction"] = rec
+    return edit, facts
 
 
 @register_stage
@@ -57,20 +294,44 @@ class RestructureStage(Stage):
     needs = ("model",)
 
     def run(self, ctx):
+        from ..data import calibration_batch
         from ..errors import UserError
         from ..pipeline import StageResult
         from ..ui import console
 
         model = ctx.load_model()
-        details = {}
+        module = model.module.eval()
+        inputs = calibration_batch(ctx.data, self.config.calibration_samples, ctx.seed)
+        details: dict[str, Any] = {"order": list(self.config.order), "calibration_samples": len(inputs), "transforms": {}}
         for name, cfg in self.config.transforms():
-            edit = APPLY[name](model.module, cfg)
-            if not edit.ops:
-                raise UserError(
-                    f"{ctx.spec.name}.{name}: no layer matched (min_channels={cfg.min_channels}, "
-                    f"include={cfg.include}, exclude={cfg.exclude}); loosen the selection or drop the transform"
+            where = f"stages[{ctx.spec.index}].restructure.{name}"
+            _check_globs(module, cfg, where)
+            try:
+                edit, facts = apply_transform(module, name, cfg, inputs, ctx.data.input_shape, ctx.seed, self.config.refresh_bn)
+            except ValueError as exc:
+                raise UserError(f"{where}: {exc}") from None
+            if edit.ops:
+                model.edits.append(edit)
+                rec = facts["reconstruction"]
+                console.print(
+                    f"  {name}: replaced {len(edit.ops)} layer(s); params {facts['params_before']:,} -> {facts['params_after']:,}; "
+                    f"MACs {facts['macs_before']:,} -> {facts['macs_after']:,}; layer error {rec['mean']:.3g} (mean), "
+                    f"top-1 agreement {rec['top1_agreement']:.3f}"
                 )
-            model.edits.append(edit)
-            details[name] = edit.summary
-            console.print(f"  {name}: replaced {len(edit.ops)} layer(s)")
+            else:
+                reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in edit.summary.get("skipped", [])[:3])
+                console.print(f"  [yellow]![/] {name}: no layer to replace in this model{' (' + reasons + ')' if reasons else ''}")
+            details["transforms"][name] = {**facts, "edit": edit.summary}
         return StageResult(model, details=details)
+
+
+def _check_globs(module, cfg: SelectionConfig, where: str) -> None:
+    """An `include` glob that matches no module name is a typo, not an empty selection."""
+    import fnmatch
+
+    from ..errors import UserError
+
+    names = [n for n, _ in module.named_modules() if n]
+    for glob in cfg.include:
+        if glob != "*" and not any(fnmatch.fnmatchcase(n, glob) for n in names):
+            raise UserError(f"{where}.include: {glob!r} matches no module in the model (e.g. {', '.join(names[:4])})")

@@ -207,7 +207,7 @@ def torchvision_model(name: str) -> nn.Module:
 def grouped_pointwise_model() -> nn.Module:
     """vgg_small made depthwise-separable, then its pointwise convs grouped + shuffled (issue 3's
     `grouped_pointwise` transform: a grouped 1x1 conv followed by a ChannelShuffle module)."""
-    grouped = pytest.importorskip("edge_pipeline.compress.grouped", reason="grouped_pointwise is not on this branch yet")
+    from edge_pipeline.compress import grouped
     from edge_pipeline.compress.depthwise import depthwise_separable
     from edge_pipeline.compress.select import Selection
 

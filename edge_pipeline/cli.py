@@ -20,13 +20,34 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.set)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
-    Pipeline(recipe, out, args.force).run()
+    if args.nproc > 1:
+        return launch_ranks(args, out)
+    from . import distributed
+
+    distributed.init()
+    try:
+        Pipeline(recipe, out, args.force).run()
+    finally:
+        distributed.shutdown()
+    if not distributed.is_leader():
+        return 0
     metrics = read_json(out / "metrics.json")
     title = recipe.report.title or f"{recipe.name}: stage by stage"
     rows = write_reports(out, metrics, title)
     print_table(rows, title)
     print(f"run folder: {out}  (metrics.json, report.md, report.html)")
     return 0
+
+
+def launch_ranks(args: argparse.Namespace, out: Path) -> int:
+    """`run --nproc N`: N local processes (gloo on CPU, NCCL on GPUs), like torchrun would start."""
+    from . import distributed
+    from .errors import UserError
+
+    if distributed.world()[1] > 1:
+        raise UserError("--nproc: this process was already launched distributed (torchrun); drop --nproc")
+    argv = ["run", args.recipe, "--out", str(out)] + [f"--set={s}" for s in args.set] + [f"--force={f}" for f in args.force]
+    return distributed.launch(argv, args.nproc, log_dir=str(out / "logs"))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -225,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: runs/<recipe name>)")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a recipe value, e.g. stages.2.prune.ratio=0.3")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun this stage even if cached ('all' for every stage)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N data-parallel processes on this machine (or launch with torchrun instead)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a recipe without running it")

@@ -153,6 +153,10 @@ class Pipeline:
     # -- running -----------------------------------------------------------------------------
 
     def run(self) -> list[dict[str, Any]]:
+        from . import distributed
+
+        if not distributed.is_leader():
+            return self._follow()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with self._lock():
             atomic_write_text(self.run_dir / "recipe.resolved.yaml", self.recipe.resolved_yaml())
@@ -172,6 +176,9 @@ class Pipeline:
         started = time.perf_counter()
         forced = spec.name in self.force or "all" in self.force
         record = None if forced else self._valid_record(final, key)
+        from . import distributed
+
+        distributed.broadcast_object(record is None)  # distributed runs: tell the followers (see _follow)
         if record is not None:
             status = "cached"
             console.print(f"[green]✓[/] {spec.dirname:<18} cached")
@@ -230,6 +237,21 @@ class Pipeline:
         os.replace(tmp, final)
         console.print(f"[green]✓[/] {spec.dirname:<18} done in {seconds:.1f}s")
         return record
+
+    def _follow(self) -> list[dict[str, Any]]:
+        """Ranks > 0 of a distributed run (see distributed.py): for each stage the leader runs, run it
+        too if it trains (`Stage.distributed`), so `training.fit` has its data-parallel partners.
+        Inputs are read from the leader's run folder; outputs go to a scratch folder and are dropped."""
+        import tempfile
+
+        from . import distributed
+
+        for spec in self.recipe.stages:
+            runs = distributed.broadcast_object(None)
+            if runs and getattr(spec.stage, "distributed", False):
+                with tempfile.TemporaryDirectory(prefix="edge-pipeline-follower-") as scratch:
+                    spec.stage.run(StageContext(self, spec, Path(scratch)))
+        return []
 
     def _valid_record(self, folder: Path, key: str) -> dict[str, Any] | None:
         """The stage's record if it matches `key` and every output is intact, else None."""

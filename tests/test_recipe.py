@@ -47,7 +47,7 @@ BAD = [
     ("stage needs model", TINY_HEAD + "stages:\n  - prune: {ratio: 0.5}\n", 6, "stages[0].prune: needs an earlier stage that produces a model"),
     ("duplicate stage name", GOOD + "  - finetune: {epochs: 1}\n", 10, "duplicate stage name 'finetune'"),
     ("not a mapping stage", GOOD + "  - 42\n", 10, "stages[4]: each stage is a one-key mapping"),
-    ("bad literal", GOOD.replace("method: l1", "method: l3"), 8, "stages[2].prune.method: must be one of 'l1', 'l2' or 'random', got 'l3'"),
+    ("bad literal", GOOD.replace("method: l1", "method: l3"), 8, "stages[2].prune.method: must be one of 'l1', 'l2', 'bn_scale', 'taylor', 'random' or 'magnitude', got 'l3'"),
     ("unknown device", GOOD + "  - quantize: {}\n  - export: {}\n  - profile: {devices: [toaster]}\n", 12, "unknown device 'toaster'"),
 ]
 

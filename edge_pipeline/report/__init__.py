@@ -5,6 +5,7 @@ from .sections import Section, register_section
 from .table import Row, build_rows
 from . import quantization_section  # noqa: F401  (registers the "quantization" section)
 from . import devices_section  # noqa: F401  (registers the "devices" section)
+from . import pruning_section  # noqa: F401  (registers the "pruning" section)
 from . import restructure_section  # noqa: F401  (registers the section)
 
 __all__ = ["Row", "Section", "build_rows", "print_table", "register_section", "write_reports"]

@@ -1,17 +1,64 @@
-"""`finetune`: recover accuracy after restructure/prune, optionally distilling from an earlier stage."""
+"""`finetune`: recover accuracy after restructure/prune, optionally distilling from a teacher.
+
+The teacher is an earlier model stage (by name) or a saved model folder from the user
+(structure.json + model.safetensors, e.g. another run's `01-train`). Objectives:
+- `logits` (default): alpha * Hinton KD + (1 - alpha) * cross-entropy;
+- `features`: only the feature term (no labels): TinyBERT's first phase;
+- `logits+features`: both (FitNets-style hints on top of KD).
+TinyBERT's two phases are two named finetune stages: `objective: features`, then `logits`.
+Weights pruned by `prune: {method: magnitude}` stay zero while training.
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
 
 from .base import Stage, Strict, register_stage
 from .train import TrainingConfig
 
 
+class FeatureDistillConfig(Strict):
+    layers: Literal["auto"] | list[str] | dict[str, str] = Field(
+        "auto",
+        description="`auto`: the last feature map at each spatial resolution (stage boundaries); a list of module "
+        "names present in both models; or a mapping student name -> teacher name.",
+    )
+    loss: Literal["mse", "cosine"] = Field("mse", description="mse: FitNets/TinyBERT; cosine: DistilBERT.")
+    weight: float = Field(1.0, ge=0, le=1000, description="Weight of the feature term in the loss.")
+    adapter: Literal["auto", "always"] = Field(
+        "auto", description="A learned 1x1 conv on the student side: when channel counts differ (auto) or always."
+    )
+
+
 class DistillConfig(Strict):
-    teacher: str = Field(description="Name of an earlier model stage (e.g. train).")
+    teacher: str = Field(description="An earlier model stage (e.g. train) or a saved model folder.")
     temperature: float = Field(4.0, gt=0, le=100)
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the soft KD term; 1 - alpha weighs the labels.")
+    objective: Literal["logits", "features", "logits+features"] = Field(
+        "logits", description="Default: logits, or logits+features when `features` is given."
+    )
+    features: FeatureDistillConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("objective") is None:
+            data["objective"] = "logits+features" if data.get("features") is not None else "logits"
+        if "features" in data["objective"] and data.get("features") is None:
+            data["features"] = {}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.objective == "logits" and self.features is not None:
+            raise ValueError("`features` is set but objective is logits; use objective: logits+features (or features)")
+        return self
 
 
 class FinetuneConfig(TrainingConfig):
@@ -20,33 +67,89 @@ class FinetuneConfig(TrainingConfig):
     distill: DistillConfig | None = None
 
 
+def checkpoint_folder(teacher: str) -> Path | None:
+    """The folder if `teacher` names a saved model on disk."""
+    path = Path(teacher).expanduser()
+    return path if (path / "structure.json").is_file() else None
+
+
 @register_stage
 class FinetuneStage(Stage):
     type = "finetune"
     Config = FinetuneConfig
     produces = "model"
     needs = ("model",)
+    distributed = True  # ranks > 0 of a distributed run train with the leader
 
     def check(self, index, earlier):
         distill = self.config.distill
         if distill is None:
             return []
         models = [name for name, stage in earlier if stage.produces == "model"]
-        if distill.teacher not in models:
-            return [(("distill", "teacher"), f"{distill.teacher!r} is not an earlier model stage; choose one of {models}")]
-        return []
+        if distill.teacher in models or checkpoint_folder(distill.teacher):
+            return []
+        return [(("distill", "teacher"), f"{distill.teacher!r} is not an earlier model stage ({', '.join(models)}) "
+                 "nor a folder with structure.json and model.safetensors")]
 
     def run(self, ctx):
-        from ..compress.distill import distillation_loss
+        from ..compress.pruning.unstructured import keep_zeros, masks_from_edits
         from ..pipeline import StageResult
         from ..training import cross_entropy, fit
+        from .train import bn_regularizer
 
         model = ctx.load_model()
         cfg = self.config
+        details: dict[str, Any] = {"teacher": None}
+        extra, loss = [], cross_entropy(cfg.label_smoothing)
         if cfg.distill:
-            teacher = ctx.load_model(cfg.distill.teacher).module
-            loss = distillation_loss(teacher, cfg.distill.temperature, cfg.distill.alpha, cfg.label_smoothing)
+            loss, info = self._distill_loss(ctx, model.module)
+            extra = loss.parameters()
+            details.update(info)
+        masks = masks_from_edits(model.module, model.edits)
+        history = fit(model.module, ctx.data, cfg, ctx.seed, loss, ctx.spec.name, extra_params=extra,
+                      regularizer=bn_regularizer(cfg), after_step=keep_zeros(masks) if masks else None)
+        if cfg.distill:
+            details["final_terms"] = {k: round(v, 6) for k, v in loss.terms().items()}
+            loss.close()
+        if masks:
+            details["kept_zero_weights"] = sum(int((~m).sum()) for m in masks.values())
+        return StageResult(model, details={"history": history, **details})
+
+    def _distill_loss(self, ctx, student):
+        import torch
+
+        from ..artifacts import load_model
+        from ..compress.distill import DistillLoss, FeatureSpec, pair_layers
+        from ..errors import UserError
+
+        d = self.config.distill
+        where = f"stages[{ctx.spec.index}].finetune.distill"
+        folder = None
+        if d.teacher in [s.name for s in ctx.recipe.stages[: ctx.spec.index]]:
+            teacher = ctx.load_model(d.teacher).module
         else:
-            loss = cross_entropy(cfg.label_smoothing)
-        history = fit(model.module, ctx.data, cfg, ctx.seed, loss, ctx.spec.name)
-        return StageResult(model, details={"history": history, "teacher": cfg.distill.teacher if cfg.distill else None})
+            folder = checkpoint_folder(d.teacher)
+            if folder is None:
+                raise UserError(f"{where}.teacher: {d.teacher!r} has no structure.json (a folder saved by edge-pipeline)")
+            teacher = load_model(folder).module
+        example = ctx.data.sample("train", 2)
+        with torch.no_grad():
+            t_out, s_out = teacher.eval()(example), student.eval()(example)
+        if t_out.shape != s_out.shape:
+            raise UserError(f"{where}.teacher: the teacher outputs {tuple(t_out.shape[1:])} per sample, the student "
+                            f"{tuple(s_out.shape[1:])}; distill from a model of the same task")
+        features = None
+        if d.features is not None:
+            try:
+                pairs = pair_layers(student, teacher, example, d.features.layers)
+            except ValueError as exc:
+                raise UserError(f"{where}.features.layers: {exc}") from None
+            features = FeatureSpec(pairs, d.features.loss, d.features.weight, d.features.adapter)
+        loss = DistillLoss(teacher, d.temperature, d.alpha, self.config.label_smoothing, d.objective, features,
+                           student, example)
+        info = {
+            "teacher": d.teacher, "teacher_folder": str(folder) if folder else None, "objective": d.objective,
+            "feature_pairs": [list(p) for p in features.pairs] if features else [],
+            "adapters": [type(a).__name__ for a in loss.adapters],
+        }
+        return loss, info

@@ -21,6 +21,11 @@ class TrainingConfig(StageConfig):
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: int = Field(0, ge=0)
     batch_size: int | None = Field(None, ge=1, description="Default: data.batch_size.")
+    bn_l1: float = Field(
+        0.0, ge=0, le=1,
+        description="Network Slimming: add bn_l1 * sum |BatchNorm gamma| to the loss (e.g. 1e-4), so a later "
+        "`prune: {method: bn_scale}` finds channels the model learned to switch off.",
+    )
 
     @model_validator(mode="after")
     def _warmup_fits(self):
@@ -33,11 +38,21 @@ class TrainConfig(TrainingConfig):
     pass
 
 
+def bn_regularizer(cfg: TrainingConfig):
+    """The `fit` regularizer a training config asks for (None: plain loss)."""
+    if not cfg.bn_l1:
+        return None
+    from ..compress.pruning.criteria import bn_l1_penalty
+
+    return bn_l1_penalty(cfg.bn_l1)
+
+
 @register_stage
 class TrainStage(Stage):
     type = "train"
     Config = TrainConfig
     produces = "model"
+    distributed = True  # ranks > 0 of a distributed run train with the leader
 
     def check(self, index, earlier):
         if any(stage.produces == "model" for _, stage in earlier):
@@ -66,7 +81,8 @@ class TrainStage(Stage):
             if left:
                 console.print(f"  weights: {len(left)} tensors kept their fresh init (shape differs): {', '.join(left[:4])}")
             details["weights"] = {"file": mcfg.weights, "fresh_init": left}
-        history = fit(module, data, self.config, ctx.seed, cross_entropy(self.config.label_smoothing), "train")
+        history = fit(module, data, self.config, ctx.seed, cross_entropy(self.config.label_smoothing), "train",
+                      regularizer=bn_regularizer(self.config))
         meta = {
             "class_names": data.class_names, "mean": data.mean, "std": data.std,
             "input_shape": list(data.input_shape), "layout": "NCHW",

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RECIPE ?= recipes/quickstart.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench bench-profiler clean system-deps emulator
+.PHONY: install run test test-fast bench bench-profiler clean system-deps emulator runtimes
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=/path/to/python3.11"; exit 2; }
@@ -35,10 +35,15 @@ system-deps:
 emulator: install system-deps
 	@$(PY) -m edge_pipeline.profiling.emulator --quiet
 
+# A side venv with tflite-runtime 2.14 (what many Raspberry Pi OS images still ship), so the export
+# stage's device-runtime check really loads models on it (network only here; a no-op when present).
+runtimes: install
+	@$(PY) -m edge_pipeline.convert.compat install tflite-runtime 2.14.0
+
 run: install
 	$(VENV)/bin/edge-pipeline run $(RECIPE)
 
-test: install system-deps emulator
+test: install system-deps emulator runtimes
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Unit tests only (no end-to-end recipe runs).

@@ -299,16 +299,25 @@ def install_runtime(name: str, version: str, python: str | None = None) -> Path:
     folder = venv_dir(name, version)
     python = python or sys.executable
     folder.parent.mkdir(parents=True, exist_ok=True)
+    if _imports(folder, name):
+        return folder  # already there: no network
     if not (folder / "bin" / "python").is_file():
         subprocess.run([python, "-m", "venv", str(folder)], check=True)
     subprocess.run(
         [str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet", f"{name}=={version}", *RUNTIME_EXTRAS[name]],
         check=True,
     )
-    check = subprocess.run([str(folder / "bin" / "python"), "-c", f"import {RUNTIME_MODULES[name]}"], capture_output=True, text=True)
-    if check.returncode != 0:
+    if not _imports(folder, name):
+        check = subprocess.run([str(folder / "bin" / "python"), "-c", f"import {RUNTIME_MODULES[name]}"],
+                               capture_output=True, text=True)
         raise UserError(f"{folder}: {name} {version} installed but does not import: {check.stderr.strip().splitlines()[-1:]}")
     return folder
+
+
+def _imports(folder: Path, name: str) -> bool:
+    python = folder / "bin" / "python"
+    return python.is_file() and subprocess.run(
+        [str(python), "-c", f"import {RUNTIME_MODULES[name]}"], capture_output=True).returncode == 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -222,6 +223,24 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stages(args: argparse.Namespace) -> int:
+    from .errors import UserError
+    from .stagedoc import render
+    from .stages import STAGES
+
+    unknown = [n for n in args.names if n not in STAGES]
+    if unknown:
+        raise UserError(f"unknown stage {', '.join(map(repr, unknown))}; known: {', '.join(STAGES.names())}")
+    print(render(args.names or [n for n in _stage_order(STAGES.names())]))
+    return 0
+
+
+def _stage_order(names: list[str]) -> list[str]:
+    """Pipeline order for the built-ins, then any others alphabetically."""
+    usual = ["train", "restructure", "prune", "finetune", "quantize", "export", "profile"]
+    return [n for n in usual if n in names] + [n for n in names if n not in usual]
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report.compare import load_entries, print_compare, write_compare
 
@@ -283,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_diagnose)
 
+    p = sub.add_parser("stages", help="every stage's recipe options: type, default, meaning")
+    p.add_argument("names", nargs="*", metavar="STAGE", help="only these stages")
+    p.set_defaults(func=cmd_stages)
+
     p = sub.add_parser("devices", help="list device profiles (and, with --check, which are reachable)")
     p.add_argument("names", nargs="*", metavar="NAME", help="only these devices (default: all)")
     p.add_argument("--check", action="store_true", help="also say which are reachable and why not")
@@ -308,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: completed stages stay cached; rerun to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `edge-pipeline stages | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,14 +12,14 @@ from .base import Stage, StageConfig, register_stage
 class TrainingConfig(StageConfig):
     """Optimizer settings shared by `train` and `finetune`."""
 
-    epochs: int = Field(15, ge=0, le=100000)
-    lr: float = Field(0.05, gt=0, le=10)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0, le=1)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_epochs: int = Field(0, ge=0)
+    epochs: int = Field(15, ge=0, le=100000, description="Passes over the train split (0: keep the incoming weights).")
+    lr: float = Field(0.05, gt=0, le=10, description="Peak learning rate.")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (Nesterov momentum) or adamw (decoupled weight decay).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (adamw ignores it).")
+    weight_decay: float = Field(5e-4, ge=0, le=1, description="L2 penalty (sgd) or decoupled decay (adamw), on every parameter.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="Learning-rate schedule after warmup.")
+    warmup_epochs: int = Field(0, ge=0, description="Linear warmup from near 0 to lr over this many epochs.")
     batch_size: int | None = Field(None, ge=1, description="Default: data.batch_size.")
     bn_l1: float = Field(
         0.0, ge=0, le=1,

@@ -144,11 +144,11 @@ class Pipeline:
         return sha256_text(canonical_json({"data": config_dump(r.data), "model": config_dump(r.model), "seed": r.seed}))
 
     def stage_key(self, spec: StageSpec, upstream: dict[str, Any]) -> str:
-        return sha256_text(
-            canonical_json(
-                {"type": spec.type, "config": config_dump(spec.config), "upstream": upstream, "versions": self.versions}
-            )
-        )
+        material = {"type": spec.type, "config": config_dump(spec.config), "upstream": upstream, "versions": self.versions}
+        extra = spec.stage.key_inputs(self.recipe, spec.index)
+        if extra:
+            material["inputs"] = extra
+        return sha256_text(canonical_json(material))
 
     # -- running -----------------------------------------------------------------------------
 

@@ -151,3 +151,28 @@ stages:
     statuses = run(recipe, out)
     assert statuses == {"train": "cached", "restructure": "cached", "prune": "cached", "finetune": "done"}
     assert not (out / ".04-finetune.tmp").exists()
+
+
+def test_editing_a_device_file_reruns_what_depends_on_it(tmp_path):
+    """Profiles are measured under a device's settings and the export's runtime check uses its
+    runtime: both are part of the cache keys, so an edited device file is not served stale results."""
+    from .conftest import FAST_DEVICE
+
+    device = write(tmp_path / "dev.yaml", FAST_DEVICE)
+    recipe = write(tmp_path / "r.yaml", TINY_HEAD + f"stages:\n  - train: {{epochs: 1}}\n  - quantize: {{}}\n"
+                   f"  - export: {{}}\n  - profile: {{devices: ['{device}']}}\n")
+
+    def keys() -> dict[str, str]:
+        pipeline = Pipeline(load_recipe(recipe), tmp_path / "run")
+        return {s.name: pipeline.stage_key(s, {"root": "same upstream"}) for s in pipeline.recipe.stages}
+
+    before = keys()
+    assert keys() == before  # deterministic
+    device.write_text(device.read_text().replace("threads: 1", "threads: 2"))
+    threads = keys()
+    assert threads["profile"] != before["profile"]
+    assert {k: v for k, v in threads.items() if k != "profile"} == {k: v for k, v in before.items() if k != "profile"}
+    device.write_text(device.read_text().replace("runtime: {name: ai-edge-litert}", "runtime: {name: tflite-runtime, version: '2.14'}"))
+    runtime = keys()
+    assert runtime["export"] != threads["export"] and runtime["profile"] != threads["profile"]
+    assert runtime["train"] == before["train"] and runtime["quantize"] == before["quantize"]

@@ -31,11 +31,10 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from ..fxpatterns import is_full_flatten, linear_after
 from .edits import Edit
 from .modspec import module_spec
 from .select import Selection, channels_ok, selected
-
-PASS_THROUGH = (nn.Dropout, nn.Identity)
 
 
 @dataclass
@@ -44,31 +43,6 @@ class Head:
     map_shape: tuple[int, int, int]  # C, H, W the Linear sees (after any pooling before the flatten)
     pool_path: str  # module to replace so the Linear sees C pooled features
     pool_kind: str  # "flatten", "pool" or "append"
-
-
-def _flatten_module(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        m = modules[node.target]
-        return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
-    if node.op == "call_function" and node.target is torch.flatten:
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-        return start == 1 and end == -1
-    return False
-
-
-def _linear_after(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
-    while len(node.users) == 1:
-        (user,) = node.users
-        if user.op != "call_module":
-            return None
-        module = modules[user.target]
-        if isinstance(module, nn.Linear):
-            return user
-        if not isinstance(module, PASS_THROUGH):
-            return None
-        node = user
-    return None
 
 
 def find_heads(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Head], list[dict]]:
@@ -85,11 +59,11 @@ def find_heads(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Hea
     modules = dict(graph.named_modules())
     heads, skipped = [], []
     for node in graph.graph.nodes:
-        if not _flatten_module(node, modules):
+        if not is_full_flatten(node, modules):
             continue
         source = node.args[0]
         meta = source.meta.get("tensor_meta") if isinstance(source, fx.Node) else None
-        linear = _linear_after(node, modules)
+        linear = linear_after(node, modules)
         if meta is None or len(meta.shape) != 4 or linear is None:
             continue
         _, c, h, w = (int(s) for s in meta.shape)

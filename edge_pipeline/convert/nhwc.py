@@ -13,33 +13,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-PASS_THROUGH = (nn.Dropout, nn.Identity)
-
-
-def _is_flatten(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        m = modules[node.target]
-        return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
-    if node.op == "call_function" and node.target is torch.flatten:
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-        return start == 1 and end == -1
-    return False
-
-
-def _linear_after(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
-    """The single Linear that consumes `node`, possibly through eval-time no-ops (Dropout)."""
-    while len(node.users) == 1:
-        (user,) = node.users
-        if user.op != "call_module":
-            return None
-        module = modules[user.target]
-        if isinstance(module, nn.Linear):
-            return user
-        if not isinstance(module, PASS_THROUGH):
-            return None
-        node = user
-    return None
+from ..fxpatterns import is_full_flatten, linear_after
 
 
 def pooling_matrix(size_in: int, size_out: int) -> torch.Tensor:
@@ -79,14 +53,14 @@ def fold_flatten_linear(module: nn.Module, input_shape: tuple[int, ...]) -> tupl
     folded = 0
     renamed: dict[str, str] = {}
     for node in list(graph_module.graph.nodes):
-        if not _is_flatten(node, modules):
+        if not is_full_flatten(node, modules):
             continue
         source = node.args[0]
         meta = source.meta.get("tensor_meta") if isinstance(source, fx.Node) else None
         pool = _pool_before(node, modules)
         if meta is None or len(meta.shape) != 4 or (pool is None and meta.shape[2] * meta.shape[3] == 1):
             continue
-        linear_node = _linear_after(node, modules)
+        linear_node = linear_after(node, modules)
         if linear_node is None:
             continue
         _, c, oh, ow = meta.shape

@@ -50,6 +50,11 @@ class Stage:
         """Cross-stage checks on the recipe; return (loc relative to the stage body, message)."""
         return []
 
+    def key_inputs(self, recipe: Any, index: int) -> dict[str, Any]:
+        """Facts outside the stage's own config that its output depends on (e.g. the contents of
+        device files); JSON-safe, and part of the stage's cache key."""
+        return {}
+
     def run(self, ctx: "StageContext") -> "StageResult":  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -97,7 +97,7 @@ class ExportStage(Stage):
             "float_accuracy": round(float_accuracy, 6), "conversion_seconds": conversion.seconds, "precisions": {},
             "float_fallback": conversion.float_fallback,
         }
-        targets = self._targets(ctx)
+        targets = self._targets(ctx.recipe, ctx.spec.index)
         artifacts = [self._evaluate(ctx, p, conversion.files[p], reference, details, targets) for p in precisions]
         inputs = data.sample("test", plan.get("diagnose_samples", 32)).permute(0, 2, 3, 1).numpy()
         details["diagnosis"] = self._diagnose(conversion.files, precisions, inputs, onnx_path)
@@ -263,7 +263,13 @@ class ExportStage(Stage):
             raise PipelineError("export: device runtime check failed:\n" + "\n".join(failures))
         return rows
 
-    def _targets(self, ctx) -> list[tuple[Any, list[str] | None]]:
+    def key_inputs(self, recipe, index):
+        """The target devices' runtimes and op rules: the compatibility check depends on them."""
+        return {"targets": [{"device": device.name, "precisions": precisions,
+                             **device.model_dump(mode="json", include={"runtime", "allow_flex", "allowed_ops"})}
+                            for device, precisions in self._targets(recipe, index)]}
+
+    def _targets(self, recipe, index) -> list[tuple[Any, list[str] | None]]:
         """(DeviceProfile, precisions to deploy or None for all) from target_devices, or from the
         profile stages that profile this export."""
         from ..profiling.devices import get_device
@@ -271,7 +277,7 @@ class ExportStage(Stage):
         if self.config.target_devices:
             return [(get_device(d), None) for d in self.config.target_devices]
         targets = []
-        for spec in ctx.recipe.stages[ctx.spec.index + 1:]:
+        for spec in recipe.stages[index + 1:]:
             if spec.type == "export":
                 break
             if spec.type == "profile":

@@ -37,6 +37,13 @@ class ProfileStage(Stage):
                 problems.append((("devices", i), str(exc)))
         return problems
 
+    def key_inputs(self, recipe, index):
+        """The device profiles as resolved now: editing a device file (threads, budget, host)
+        re-measures on it instead of reusing profiles measured under the old settings."""
+        from ..profiling.devices import get_device
+
+        return {"devices": {name: get_device(name).model_dump(mode="json") for name in self.config.devices}}
+
     def run(self, ctx):
         from ..artifacts import atomic_write_json
         from ..errors import UserError

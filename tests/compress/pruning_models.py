@@ -13,11 +13,8 @@ import copy
 import torch
 from torch import nn
 
+from edge_pipeline.compress.grouped import shuffle_permutation
 from edge_pipeline.compress.modspec import buildable
-
-
-def shuffle_permutation(channels: int, groups: int) -> torch.Tensor:
-    return torch.arange(channels).view(groups, channels // groups).t().reshape(-1)
 
 
 @buildable

@@ -105,7 +105,7 @@ def test_bn_l1_penalty_drives_batchnorm_scales_down(tiny_data):
         model = build_model(BaseSpec("vgg_small", 10, 1, 16, 0.5))
         cfg = TrainConfig(epochs=1, lr=0.05, bn_l1=strength)
         fit(model, tiny_data, cfg, 0, cross_entropy(), "t", regularizer=bn_regularizer(cfg))
-        gammas[strength] = torch.cat([m.weight.abs() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+        gammas[strength] = torch.cat([m.weight.detach().abs() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
     assert bn_regularizer(TrainConfig()) is None
     assert float(gammas[0.1].mean()) < 0.93 * float(gammas[0.0].mean())
 

@@ -85,6 +85,7 @@ def main() -> int:
             "latency_ratio_baseline_fp32_over_int8": round(median["baseline_float32"] / median["int8"], 2),
             "latency_ratio_fp32_over_int8_same_model": round(median["float32"] / median["int8"], 2),
             "profiles_valid": {name: p["valid"] for name, p in profiles.items()},
+            "invalid_because": {name: p["invalid_reasons"] for name, p in profiles.items() if not p["valid"]},
             "peak_rss_mb": {name: p["peak_rss_mb"] for name, p in profiles.items()},
             "transposes": {name: inspect_tflite(path)["transposes"] for name, path in files.items()},
             "params": {name: s["model"]["params"] for name, s in stages.items() if "model" in s},

@@ -3,6 +3,7 @@ distillation recovered, from the prune/finetune stages' details.json."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,10 @@ def _accuracy_before(metrics: dict[str, Any], name: str) -> float | None:
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:.2f}%"
+
+
+def _natural(name: str) -> list:
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
 
 def _prune_lines(entry: dict[str, Any], details: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
@@ -51,7 +56,9 @@ def _prune_lines(entry: dict[str, Any], details: dict[str, Any], metrics: dict[s
         return lines
     for reason in summary.get("unprunable_because", [])[:5]:
         lines.append(f"- kept whole: {reason}")
-    layers = sorted(details.get("channels", {}).items(), key=lambda item: (item[1][1] / max(item[1][0], 1), item[0]))
+    # Most-pruned first; ties in model order (features.3 before features.10).
+    layers = sorted(details.get("channels", {}).items(),
+                    key=lambda item: (item[1][1] / max(item[1][0], 1), _natural(item[0])))
     if layers:
         lines += ["", f"| layer ({entry['name']}) | out channels | kept |", "|---|---|---|"]
         for path, (before, kept) in layers[:MAX_LAYER_ROWS]:

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from .conftest import write
+from .conftest import REPO, write
 
 TOLERANCE = 1e-5
 
@@ -92,7 +92,7 @@ stages:
   - prune: {method: taylor, target_macs: 0.6, calibration_samples: 32, finetune: {epochs: 1}}
   - finetune: {epochs: 1, distill: {teacher: train, features: {}}}
 """)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     for name, extra in (("one", []), ("two", ["--nproc", "2"])):
         subprocess.run([sys.executable, "-m", "edge_pipeline.cli", "run", str(recipe), "--out", str(tmp_path / name), *extra],
                        check=True, env=env, capture_output=True)

@@ -185,9 +185,9 @@ def share_storage(baseline: TrackedModel, data, inputs, runs: int, do_tflite: bo
 
 def _distinct_buffer_bytes(path: Path) -> int:
     """Bytes of the file's distinct non-empty buffers (a buffer used by several tensors counts once)."""
-    from edge_pipeline.convert.inspect import _schema
+    from edge_pipeline.convert.flatbuffer import read_model
 
-    model = _schema().ModelT.InitFromPackedBuf(Path(path).read_bytes(), 0)
+    model = read_model(path)
     used = {t.buffer for g in model.subgraphs for t in (g.tensors or [])}
     return int(sum(len(model.buffers[i].data) for i in used if model.buffers[i].data is not None))
 

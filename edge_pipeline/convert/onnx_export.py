@@ -22,10 +22,12 @@ def export_onnx(
     - onnxsim folds shape arithmetic into constants (ShuffleNet's channel split is Slice(Shape*k));
     - node names lose their leading '/', which onnx2tf's SavedModel writer rejects for some ops
       (RegNet's grouped convs), and export-time module names map back to the model's (`scopes`);
-    - padded max pools after a ReLU pad with zeros (see maxpool.py).
-    Returns what changed: {"simplified": 0/1, "maxpools_zero_padded": n}."""
+    - padded max pools after a ReLU pad with zeros (see maxpool.py);
+    - grouped convs onnx2tf would take for depthwise ones are split per group (see grouped_conv.py).
+    Returns what changed: {"simplified": 0/1, "maxpools_zero_padded": n, "grouped_convs_split": n}."""
     import onnx
 
+    from .grouped_conv import split_ambiguous_grouped_convs
     from .maxpool import zero_pad_maxpools
 
     module = module.eval()
@@ -44,9 +46,10 @@ def export_onnx(
     for node in model.graph.node:
         node.name = "/".join((scopes or {}).get(part, part) for part in node.name.split("/")).lstrip("/")
     padded = zero_pad_maxpools(model)
+    split = split_ambiguous_grouped_convs(model)
     onnx.save(model, str(path))
     check_onnx(path)
-    return {"simplified": int(simplified), "maxpools_zero_padded": padded}
+    return {"simplified": int(simplified), "maxpools_zero_padded": padded, "grouped_convs_split": split}
 
 
 def _simplify(model):

@@ -13,24 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from edge_pipeline.compress.grouped import shuffle_permutation
-from edge_pipeline.compress.modspec import buildable
-
-
-@buildable
-class PruneTestShuffle(nn.Module):
-    """Like the `grouped_pointwise` transform's ChannelShuffle: a gather with a derived permutation."""
-
-    def __init__(self, channels: int, groups: int) -> None:
-        super().__init__()
-        self.channels, self.groups = channels, groups
-        self.register_buffer("perm", shuffle_permutation(channels, groups), persistent=False)
-
-    def spec_args(self) -> dict:
-        return {"channels": self.channels, "groups": self.groups}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.index_select(1, self.perm)
+from edge_pipeline.compress.grouped import ChannelShuffle
 
 
 def cbr(cin: int, cout: int, k: int = 3, groups: int = 1, stride: int = 1) -> list[nn.Module]:
@@ -44,10 +27,10 @@ class GroupedShuffleNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(*cbr(in_channels, 16))
         self.body = nn.Sequential(
-            nn.Sequential(nn.Conv2d(16, 32, 1, groups=4, bias=False), PruneTestShuffle(32, 4)), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Sequential(nn.Conv2d(16, 32, 1, groups=4, bias=False), ChannelShuffle(32, 4)), nn.BatchNorm2d(32), nn.ReLU(),
             *cbr(32, 32, 3, groups=32),
-            nn.Sequential(nn.Conv2d(32, 32, 1, groups=4, bias=False), PruneTestShuffle(32, 4)), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Sequential(nn.Conv2d(32, 64, 1, groups=2, bias=False), PruneTestShuffle(64, 2)), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Sequential(nn.Conv2d(32, 32, 1, groups=4, bias=False), ChannelShuffle(32, 4)), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Sequential(nn.Conv2d(32, 64, 1, groups=2, bias=False), ChannelShuffle(64, 2)), nn.BatchNorm2d(64), nn.ReLU(),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)

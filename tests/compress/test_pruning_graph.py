@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from edge_pipeline.compress.grouped import ChannelShuffle, shuffle_permutation
 from edge_pipeline.compress.pruning.graph import FIXED, ChannelGraph, block_shuffle_groups
 
-from .pruning_models import GroupedShuffleNet, InlineShuffleNet, PruneTestShuffle, shuffle_permutation
+from .pruning_models import GroupedShuffleNet, InlineShuffleNet
 
 
 def producer_classes(graph: ChannelGraph) -> dict[str, np.ndarray]:
@@ -61,7 +62,7 @@ def test_grouped_conv_couples_the_same_position_in_every_group():
 
 
 def test_shuffle_module_and_inline_shuffle_give_the_same_coupling():
-    module_net = nn.Sequential(nn.Conv2d(3, 8, 1), PruneTestShuffle(8, 2), nn.Conv2d(8, 2, 1))
+    module_net = nn.Sequential(nn.Conv2d(3, 8, 1), ChannelShuffle(8, 2), nn.Conv2d(8, 2, 1))
 
     class Inline(nn.Module):
         def __init__(self):

@@ -14,7 +14,7 @@ from edge_pipeline.artifacts import (
     save_model,
 )
 from edge_pipeline.compress.depthwise import depthwise_separable
-from edge_pipeline.compress.prune import prune_filters
+from edge_pipeline.compress.pruning import Target, prune_channels
 from edge_pipeline.compress.select import Selection
 from edge_pipeline.errors import UserError
 from edge_pipeline.models import BaseSpec, build_model
@@ -27,7 +27,7 @@ def edited_model():
     module = build_model(base).eval()
     model = TrackedModel(module, base, meta={"class_names": list("0123456789")})
     model.edits.append(depthwise_separable(module, Selection(min_channels=8)))
-    model.edits.append(prune_filters(module, torch.zeros(1, 1, 16, 16), 0.5, round_to=4))
+    model.edits.append(prune_channels(module, torch.zeros(1, 1, 16, 16), Target("ratio", 0.5), round_to=4))
     return model
 
 

@@ -116,11 +116,11 @@ def test_stage_boundaries_are_the_last_map_at_each_resolution():
 
 
 def test_auto_pairs_match_a_pruned_student_to_its_teacher():
-    from edge_pipeline.compress.prune import prune_filters
+    from edge_pipeline.compress.pruning import Target, prune_channels
 
     teacher = build_model(BaseSpec("resnet8", 10, 1, 16)).eval()
     student = copy.deepcopy(teacher)
-    prune_filters(student, torch.zeros(1, 1, 16, 16), 0.5)
+    prune_channels(student, torch.zeros(1, 1, 16, 16), Target("ratio", 0.5))
     pairs = pair_layers(student, teacher, torch.zeros(1, 1, 16, 16), "auto")
     assert pairs == [("layer1", "layer1"), ("layer2", "layer2"), ("layer3", "layer3"), ("pool", "pool")]
     with pytest.raises(ValueError, match="student has no module named 'nope'"):

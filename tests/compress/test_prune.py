@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from edge_pipeline.artifacts import TrackedModel, load_model, save_model
-from edge_pipeline.compress.prune import prune_filters
 from edge_pipeline.compress.pruning import ALLOCATIONS, CRITERIA, Target, prune_channels
 from edge_pipeline.errors import PipelineError, UserError
 from edge_pipeline.evaluation import count_macs, count_params
@@ -41,7 +40,7 @@ def test_half_of_the_filters_are_removed(arch):
     model = zoo(arch)
     convs_before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     params_before = count_params(model)
-    edit = prune_filters(model, X16, 0.5, round_to=4)
+    edit = prune_channels(model, X16, Target("ratio", 0.5), round_to=4)
     convs_after = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     assert all(convs_after[n] == convs_before[n] // 2 for n in convs_before)
     assert model(torch.zeros(2, 1, 16, 16)).shape == (2, 10)  # logits kept
@@ -57,7 +56,7 @@ def test_l1_keeps_the_filters_with_largest_norm():
     with torch.no_grad():
         for i in range(8):
             model[0].weight[i].fill_(float(i + 1) * (1 if i % 2 else -1))
-    edit = prune_filters(model, X16, 0.5, criterion="l1")
+    edit = prune_channels(model, X16, Target("ratio", 0.5), "l1")
     first = next(g for g in edit.summary["groups"] if g["root"] == "0")
     assert first["kept"] == [4, 5, 6, 7]
     assert model[0].weight.abs().sum(dim=(1, 2, 3)).tolist() == [9 * 5.0, 9 * 6.0, 9 * 7.0, 9 * 8.0]

@@ -154,13 +154,13 @@ def test_random_init_is_seeded(name):
 def test_prune_after_restructure_reloads_exactly(name, tmp_path):
     """The quickstart order (restructure -> prune): pruning must work on every new structure and the
     saved result must replay (grouped convs are kept whole; shared layers stay shared)."""
-    from edge_pipeline.compress.prune import prune_filters
+    from edge_pipeline.compress.pruning import Target, prune_channels
 
     arch, size, steps = EXAMPLES[name][0]
     model = build(arch, size)
     restructure(model, steps)
     params = sum(p.numel() for p in model.module.parameters())
-    model.edits.append(prune_filters(model.module, torch.zeros(1, 1, size, size), 0.5, round_to=4))
+    model.edits.append(prune_channels(model.module, torch.zeros(1, 1, size, size), Target("ratio", 0.5), round_to=4))
     assert sum(p.numel() for p in model.module.parameters()) < params
     x = calibration(model, 4)
     save_model(model, tmp_path)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import operator
 import os
 import subprocess
 import sys
@@ -151,105 +150,16 @@ def part_criteria(args) -> dict:
 # -- architectures -----------------------------------------------------------------------------
 
 
-def freeze_shapes(module, example):
-    """Workaround for export (convert/ is not ours): every integer the forward computes from tensor
-    shapes (torchvision's channel_shuffle: `x.size()`, `c // groups`) becomes a constant, and
-    `chunk` becomes constant slices. torch's ONNX exporter otherwise emits
-    Shape/Gather/Div/Slice arithmetic, and onnx2tf 1.29 loses the channel dimension (None) there."""
-    import torch
-    from torch import fx
-
-    try:
-        gm = fx.symbolic_trace(module)
-    except Exception:
-        return module, False
-    values = {}
-
-    class Record(fx.Interpreter):
-        def run_node(self, n):
-            values[n] = super().run_node(n)
-            return values[n]
-
-    with torch.no_grad():
-        Record(gm).run(example)
-
-    def constant(v):
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
-        if isinstance(v, (tuple, list, torch.Size)) and v and all(isinstance(i, int) for i in v):
-            return tuple(v)
-        return None
-
-    changed = False
-    for n in list(gm.graph.nodes):
-        c = constant(values.get(n)) if n.op in ("call_method", "call_function") else None
-        if c is not None:
-            for user in list(n.users):
-                user.args = fx.node.map_arg(user.args, lambda a: c if a is n else a)
-                user.kwargs = fx.node.map_arg(user.kwargs, lambda a: c if a is n else a)
-            changed = True
-        elif (n.op == "call_method" and n.target == "chunk") or (n.op == "call_function" and n.target is torch.chunk):
-            users = list(n.users)
-            if not all(u.op == "call_function" and u.target is operator.getitem for u in users):
-                continue
-            dim = n.kwargs.get("dim", n.args[2] if len(n.args) > 2 else 0)
-            bounds = [0]
-            for piece in values[n]:
-                bounds.append(bounds[-1] + int(piece.shape[dim]))
-            for u in users:  # chunk(...)[i] -> x[:, a:b] (constant Slice: builtin STRIDED_SLICE, no Flex SplitV)
-                i = u.args[1]
-                index = tuple([slice(None)] * (dim % len(values[n][0].shape)) + [slice(bounds[i], bounds[i + 1])])
-                with gm.graph.inserting_before(u):
-                    piece = gm.graph.call_function(operator.getitem, (n.args[0], index))
-                u.replace_all_uses_with(piece)
-                gm.graph.erase_node(u)
-            gm.graph.erase_node(n)
-            changed = True
-    if not changed:
-        return module, False
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
-    return gm.eval(), True
-
-
-def sanitize_onnx_names(path: Path) -> int:
-    """Workaround: onnx2tf names SavedModel variables after ONNX nodes and fails on names such as
-    `/branch1.0_2/Conv` (pattern ^[A-Za-z0-9.]...). Returns how many names changed."""
-    import re
-
-    import onnx
-
-    model = onnx.load(str(path))
-    changed = 0
-    for i, node in enumerate(model.graph.node):
-        name = re.sub(r"[^A-Za-z0-9_.>-]", "_", node.name).lstrip("_.->") or f"node{i}"
-        if name != node.name:
-            node.name, changed = name, changed + 1
-    onnx.save(model, str(path))
-    return changed
-
-
 def export_float32(module, shape, work: Path, images01):
-    import torch
-
+    """The export stage's own path: Flatten->Linear fold, checked ONNX export, onnx2tf."""
     from edge_pipeline.convert.nhwc import fold_flatten_linear
     from edge_pipeline.convert.onnx_export import export_onnx
     from edge_pipeline.convert.tflite_convert import convert_to_tflite
 
-    workarounds = []
-    frozen, changed = freeze_shapes(module.eval(), torch.zeros(shape))
-    if changed:
-        workarounds.append("freeze_shapes")
-    folded, _ = fold_flatten_linear(frozen, shape)
+    folded, _ = fold_flatten_linear(module.eval(), shape)
     onnx_path = work / "model.onnx"
-    export_onnx(folded, shape, onnx_path)
-    try:
-        return convert_to_tflite(onnx_path, work, ["float32"], images01, None)["float32"], workarounds
-    except Exception:
-        if not sanitize_onnx_names(onnx_path):
-            raise
-        workarounds.append("sanitize_onnx_names")
-        return convert_to_tflite(onnx_path, work, ["float32"], images01, None)["float32"], workarounds
+    rewrites = export_onnx(folded, shape, onnx_path)
+    return convert_to_tflite(onnx_path, work, ["float32"], images01, None)["float32"], rewrites
 
 
 def tflite_vs_torch(path: Path, module, inputs_nchw) -> float:
@@ -334,8 +244,8 @@ def part_archs(args) -> dict:
             row["restructure"] = note
         with tempfile.TemporaryDirectory(prefix="prune-bench-") as tmp:
             started = time.perf_counter()
-            tflite, workarounds = export_float32(model, shape, Path(tmp), images01)
-            row["export_workarounds"] = workarounds
+            tflite, rewrites = export_float32(model, shape, Path(tmp), images01)
+            row["onnx_rewrites"] = {k: v for k, v in rewrites.items() if v}
             row["export_seconds"] = round(time.perf_counter() - started, 1)
             row["tflite_bytes"] = tflite.stat().st_size
             row["tflite_vs_torch_relative_max_error"] = float(f"{tflite_vs_torch(tflite, model, inputs):.3g}")

@@ -231,14 +231,8 @@ def cmd_stages(args: argparse.Namespace) -> int:
     unknown = [n for n in args.names if n not in STAGES]
     if unknown:
         raise UserError(f"unknown stage {', '.join(map(repr, unknown))}; known: {', '.join(STAGES.names())}")
-    print(render(args.names or [n for n in _stage_order(STAGES.names())]))
+    print(render(args.names or STAGES.registered()))
     return 0
-
-
-def _stage_order(names: list[str]) -> list[str]:
-    """Pipeline order for the built-ins, then any others alphabetically."""
-    usual = ["train", "restructure", "prune", "finetune", "quantize", "export", "profile"]
-    return [n for n in usual if n in names] + [n for n in names if n not in usual]
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -39,5 +39,9 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def registered(self) -> list[str]:
+        """Names in registration order (built-in stages register in pipeline order)."""
+        return list(self._items)
+
     def items(self) -> list[tuple[str, T]]:
         return sorted(self._items.items())

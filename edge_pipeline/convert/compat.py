@@ -299,7 +299,7 @@ def install_runtime(name: str, version: str, python: str | None = None) -> Path:
     folder = venv_dir(name, version)
     python = python or sys.executable
     folder.parent.mkdir(parents=True, exist_ok=True)
-    if _imports(folder, name):
+    if _import_error(folder, name) is None:
         return folder  # already there: no network
     if not (folder / "bin" / "python").is_file():
         subprocess.run([python, "-m", "venv", str(folder)], check=True)
@@ -307,17 +307,19 @@ def install_runtime(name: str, version: str, python: str | None = None) -> Path:
         [str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet", f"{name}=={version}", *RUNTIME_EXTRAS[name]],
         check=True,
     )
-    if not _imports(folder, name):
-        check = subprocess.run([str(folder / "bin" / "python"), "-c", f"import {RUNTIME_MODULES[name]}"],
-                               capture_output=True, text=True)
-        raise UserError(f"{folder}: {name} {version} installed but does not import: {check.stderr.strip().splitlines()[-1:]}")
+    error = _import_error(folder, name)
+    if error is not None:
+        raise UserError(f"{folder}: {name} {version} installed but does not import: {error}")
     return folder
 
 
-def _imports(folder: Path, name: str) -> bool:
+def _import_error(folder: Path, name: str) -> str | None:
+    """None if the side venv imports the runtime, else why not."""
     python = folder / "bin" / "python"
-    return python.is_file() and subprocess.run(
-        [str(python), "-c", f"import {RUNTIME_MODULES[name]}"], capture_output=True).returncode == 0
+    if not python.is_file():
+        return "no venv"
+    check = subprocess.run([str(python), "-c", f"import {RUNTIME_MODULES[name]}"], capture_output=True, text=True)
+    return None if check.returncode == 0 else (check.stderr.strip().splitlines() or ["failed"])[-1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RECIPE ?= recipes/quickstart.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench bench-profiler clean system-deps emulator runtimes
+.PHONY: install lint run test test-fast bench bench-profiler clean system-deps emulator runtimes
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=/path/to/python3.11"; exit 2; }
@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Debian packages for device profiling: the aarch64 emulator (qemu-user-static, mmdebstrap), the ssh
-# transport and its loopback test server (openssh-client/-server), and adb. A no-op when present.
-SYSTEM_TOOLS := /usr/bin/qemu-aarch64-static /usr/bin/mmdebstrap /usr/sbin/sshd /usr/bin/ssh /usr/bin/adb
-SYSTEM_PACKAGES := qemu-user-static mmdebstrap openssh-server openssh-client adb
+# transport and its loopback test server (openssh-client/-server), and adb; and a headless browser
+# (chromium) that the report tests render report.html in. A no-op when present.
+SYSTEM_TOOLS := /usr/bin/qemu-aarch64-static /usr/bin/mmdebstrap /usr/sbin/sshd /usr/bin/ssh /usr/bin/adb /usr/bin/chromium
+SYSTEM_PACKAGES := qemu-user-static mmdebstrap openssh-server openssh-client adb chromium
 system-deps:
 	@missing=""; for f in $(SYSTEM_TOOLS); do test -x $$f || missing=1; done; \
 	if [ -n "$$missing" ]; then \
@@ -43,7 +44,13 @@ runtimes: install
 run: install
 	$(VENV)/bin/edge-pipeline run $(RECIPE)
 
-test: install system-deps emulator runtimes
+# Quality gates (README "Development"): ruff (lint), mypy (types); the layer contract (import-linter)
+# runs inside the test suite (tests/test_architecture.py).
+lint: install
+	$(VENV)/bin/ruff check edge_pipeline tests benchmarks
+	$(VENV)/bin/mypy
+
+test: install system-deps emulator runtimes lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Unit tests only (no end-to-end recipe runs).

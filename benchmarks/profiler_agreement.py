@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_pipeline.profiling.benchmark_model import litert_benchmark_command, parse_benchmark_output  # noqa: E402
-from edge_pipeline.profiling.emulator import cache_root  # noqa: E402
-from edge_pipeline.profiling.transports.base import AGENT  # noqa: E402
+from edge_pipeline.profiling.benchmark_model import litert_benchmark_command, parse_benchmark_output
+from edge_pipeline.profiling.emulator import cache_root
+from edge_pipeline.profiling.transports.base import AGENT
 
 SIDE_PACKAGES = ["ai-edge-litert==2.3.0", "numpy==1.26.4"]
 MODELS = [  # (label, arch, image size, precision)

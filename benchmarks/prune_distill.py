@@ -54,7 +54,8 @@ def train_baseline(data, bn_l1: float, epochs: int):
     import torch
 
     from edge_pipeline.models import BaseSpec, build_model
-    from edge_pipeline.stages.train import TrainConfig, bn_regularizer
+    from edge_pipeline.stages.runners.train import bn_regularizer
+    from edge_pipeline.stages.train import TrainConfig
     from edge_pipeline.training import cross_entropy, fit
 
     torch.manual_seed(0)
@@ -69,7 +70,7 @@ def prune(model, data, criterion: str, allocation: str, seed: int, target: float
 
     from edge_pipeline.compress.pruning import Target, prune_channels
     from edge_pipeline.data import calibration_batch, stratified_indices
-    from edge_pipeline.evaluation import count_macs
+    from edge_pipeline.models.counting import count_macs
 
     pruned = copy.deepcopy(model)
     calibration = None
@@ -112,7 +113,7 @@ def part_criteria(args) -> dict:
            "allocation": args.allocation, "finetune_epochs": args.epochs, "seeds": args.seeds,
            "baseline_accuracy": {k: test_accuracy(m, data) for k, m in baselines.items()},
            "slimming_bn_l1": args.bn_l1, "criteria": {}}
-    mean = lambda v: round(sum(v) / len(v), 4)  # noqa: E731
+    mean = lambda v: round(sum(v) / len(v), 4)
     modes = ("plain", "kd", "kd+features")
     for criterion in args.criteria:
         teacher = baselines["slimming" if criterion == "bn_scale" else "plain"]
@@ -212,8 +213,8 @@ def part_archs(args) -> dict:
     import torch
 
     from edge_pipeline.compress.pruning import Target, prune_channels
-    from edge_pipeline.evaluation import count_macs, count_params
     from edge_pipeline.models import BaseSpec, build_model
+    from edge_pipeline.models.counting import count_macs, count_params
 
     size = args.arch_size
     shape = (1, 3, size, size)
@@ -314,7 +315,7 @@ def convert_dense_and_sparse(module, shape, work: Path, images01, calibration_nh
     (work / "spec.json").write_text(json.dumps(spec))
     with open(work / "convert.log", "w") as log:
         code = subprocess.run([sys.executable, __file__, "--sparse-worker", str(work / "spec.json")], cwd=work,
-                              env=worker_env(), stdout=log, stderr=log).returncode
+                              env=worker_env(work), stdout=log, stderr=log).returncode
     if code:
         raise RuntimeError(f"sparse conversion failed ({code}); log: {(work / 'convert.log').read_text()[-2000:]}")
     return {k: Path(v) for k, v in json.loads((work / "result.json").read_text()).items()}

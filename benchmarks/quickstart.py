@@ -32,11 +32,12 @@ def run_cli(*args: str) -> float:
 
 def export_baseline(run_dir: Path, work: Path) -> Path:
     """The train stage's model as float32 TFLite, through the pipeline's own export path."""
-    from edge_pipeline.artifacts import load_model
+    import numpy as np
+
     from edge_pipeline.convert.nhwc import fold_flatten_linear
     from edge_pipeline.convert.onnx_export import export_onnx
     from edge_pipeline.convert.tflite_convert import convert_to_tflite
-    import numpy as np
+    from edge_pipeline.models.store import load_model
 
     model = load_model(run_dir / "01-train")
     shape = tuple(model.meta["input_shape"])

@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_pipeline.artifacts import TrackedModel
 from edge_pipeline.data import build_data, calibration_batch
 from edge_pipeline.evaluation import accuracy
 from edge_pipeline.models import BaseSpec, build_model
+from edge_pipeline.models.store import TrackedModel
 from edge_pipeline.recipe import DataConfig
 from edge_pipeline.stages.finetune import FinetuneConfig
-from edge_pipeline.stages.restructure import TRANSFORMS, apply_transform
+from edge_pipeline.stages.restructure import TRANSFORMS
+from edge_pipeline.stages.runners.restructure import apply_transform
 from edge_pipeline.stages.train import TrainConfig
 from edge_pipeline.training import cross_entropy, fit
 from edge_pipeline.ui import console
@@ -143,8 +144,8 @@ def interleaved_latency(paths: dict[str, Path], sample: np.ndarray, runs: int, r
 
 def share_storage(baseline: TrackedModel, data, inputs, runs: int, do_tflite: bool) -> dict:
     """What sharing does to bytes on disk (safetensors, ONNX, TFLite float32/int8) and to latency."""
-    from edge_pipeline.artifacts import save_model
     from edge_pipeline.convert.inspect import inspect_tflite
+    from edge_pipeline.models.store import save_model
 
     shared = TrackedModel(copy.deepcopy(baseline.module), baseline.base)
     edit, _ = apply_transform(shared.module, "share", TRANSFORMS.get("share").Config(), inputs, data.input_shape, SEED)

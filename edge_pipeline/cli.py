@@ -17,7 +17,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
     from .recipe import load_recipe
     from .report import print_table, write_reports
-    from .artifacts import read_json
+    from .rundir import RunDir
 
     recipe = load_recipe(args.recipe, args.set)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
@@ -32,10 +32,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         distributed.shutdown()
     if not distributed.is_leader():
         return 0
-    metrics = read_json(out / "metrics.json")
+    run = RunDir(out)
+    metrics = run.read_metrics()
     title = recipe.report.title or f"{recipe.name}: stage by stage"
-    rows = write_reports(out, metrics, title)
-    print_table(rows, title)
+    records = write_reports(run, metrics, title, plots=recipe.report.plots)
+    print_table(records, title)
     print(f"run folder: {out}  (metrics.json, report.md, report.html)")
     return 0
 
@@ -74,14 +75,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     device = get_device(args.device_file or args.device)
     samples = None
     if args.inputs:
-        import numpy as np
+        from .artifacts import read_npy
 
-        from .errors import UserError
-
-        try:
-            samples = np.load(args.inputs, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{args.inputs}: not a readable .npy array ({exc})") from None
+        samples = read_npy(args.inputs, what=".npy array of inputs")  # bounded, never unpickled
     profile = profile_model(model, device, args.threads, samples=samples)
     text = json.dumps(profile, indent=2)
     if args.out:
@@ -172,46 +168,42 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 def _run_dir_models(run_dir: Path, precision: str | None):
     """(float32 file, reduced file, model.onnx, calibration.npy) of a run folder's last export stage."""
-    from .artifacts import read_json
     from .errors import UserError
+    from .rundir import CALIBRATION_FILE, ONNX_FILE, RunDir
 
-    metrics_path = run_dir / "metrics.json"
-    if not metrics_path.is_file():
-        raise UserError(f"{run_dir}: no metrics.json; give a run folder or FLOAT.tflite QUANT.tflite")
-    stages = read_json(metrics_path)["stages"]
-    folders = {e["type"]: run_dir / f"{i + 1:02d}-{e['name']}" for i, e in enumerate(stages)}
-    exports = [e for e in stages if e["type"] == "export"]
-    if not exports:
+    run = RunDir(run_dir)
+    metrics = run.read_metrics()
+    export = run.last_stage_of(metrics, "export")
+    if export is None:
         raise UserError(f"{run_dir}: the run has no export stage")
-    artifacts = {a["precision"]: run_dir / a["path"] for a in exports[-1].get("artifacts", [])}
+    entry, folder = export
+    artifacts = {a["precision"]: run.resolve(a["path"]) for a in entry.get("artifacts", [])}
     reduced = [p for p in artifacts if p != "float32"]
     precision = precision or (reduced[0] if reduced else None)
     if precision not in artifacts or "float32" not in artifacts:
         raise UserError(f"{run_dir}: no {precision or 'reduced-precision'} file next to float32; exported: {', '.join(artifacts)}")
-    folder = artifacts["float32"].parent
-    calibration = folders["quantize"] / "calibration.npy" if "quantize" in folders else None
-    return (artifacts["float32"], artifacts[precision], folder / "model.onnx",
+    quantize = run.last_stage_of(metrics, "quantize")
+    calibration = quantize[1] / CALIBRATION_FILE if quantize else None
+    return (artifacts["float32"], artifacts[precision], folder / ONNX_FILE,
             calibration if calibration is not None and calibration.is_file() else None)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
+    from .errors import UserError
     from .profiling.devices import catalog, load_device_file
     from .profiling.transports import make_transport
 
-    from .errors import UserError
-
-    files = {name: path for name, path in sorted(catalog().items())}
-    for extra in args.device_file:
-        device = load_device_file(extra)
-        files[device.name] = Path(extra)
+    files = dict(sorted(catalog().items()))
+    extras = {load_device_file(extra).name: Path(extra) for extra in args.device_file}
+    files.update(extras)
     if args.names:
         unknown = [n for n in args.names if n not in files]
         if unknown:
             raise UserError(f"unknown device {', '.join(map(repr, unknown))}; known: {', '.join(files)}")
-        files = {n: files[n] for n in args.names}
+        files = {**{n: files[n] for n in args.names}, **extras}  # files given by --device-file are named too
+    devices = [load_device_file(path) for path in files.values()]  # every file is valid before anything runs
     unreachable = 0
-    for name, path in files.items():
-        device = load_device_file(path)
+    for device in devices:
         line = f"{device.name:<18} {device.transport.kind:<6} {device.arch:<8} {device.runtime.name:<16} {device.description}"
         if args.check:
             problem = make_transport(device).check()
@@ -220,6 +212,26 @@ def cmd_devices(args: argparse.Namespace) -> int:
         print(line)
     if args.check:
         print(f"{len(files) - unreachable} of {len(files)} devices reachable")
+    # A device asked for by name (or file) that cannot be reached fails the command (exit 1), so
+    # scripts can use `devices --check NAME`; a survey of the whole catalog only reports.
+    named = bool(args.names or args.device_file)
+    return 1 if args.check and named and unreachable else 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .catalog import recipe_summary, shipped_recipes
+
+    for name, path in shipped_recipes().items():
+        print(f"{name:<16} {recipe_summary(path.read_text(encoding='utf-8'))}")
+    print("copy one to this folder with: edge-pipeline init NAME [--out FILE]")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .catalog import copy_recipe
+
+    out = copy_recipe(args.name, Path(args.out or f"{args.name}.yaml"))
+    print(f"wrote {out} (recipe {args.name!r}); next: edge-pipeline validate {out} && edge-pipeline run {out}")
     return 0
 
 
@@ -236,13 +248,13 @@ def cmd_stages(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report.compare import load_entries, print_compare, write_compare
+    from .report.compare import load_records, print_compare, write_compare
 
-    entries = load_entries(args.paths)
+    records = load_records(args.paths)
     out = Path(args.out)
-    written = write_compare(entries, out, args.title)
-    print_compare(entries, args.title)
-    print(f"compare: {len(entries)} profiles -> {written['markdown']}, {written['html']}, {out / 'plots'}/*.png")
+    written = write_compare(records, out, args.title)
+    print_compare(records, args.title)
+    print(f"compare: {len(records)} profiles -> {written['markdown']}, {written['html']}, {out / 'plots'}/*.png")
     return 0
 
 
@@ -271,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="measure one .tflite model on a device")
     p.add_argument("model")
-    p.add_argument("--device", default="host", help="device name from devices/*.yaml (default: host)")
+    p.add_argument("--device", default="host", help="device name (see `edge-pipeline devices`; default: host)")
     p.add_argument("--device-file", help="a device YAML file (instead of --device)")
     p.add_argument("--threads", type=int)
     p.add_argument("--inputs", metavar="NPY", help="NHWC float inputs (.npy, normalized as the model expects): "
@@ -302,9 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("devices", help="list device profiles (and, with --check, which are reachable)")
     p.add_argument("names", nargs="*", metavar="NAME", help="only these devices (default: all)")
-    p.add_argument("--check", action="store_true", help="also say which are reachable and why not")
+    p.add_argument("--check", action="store_true",
+                   help="also say which are reachable and why not (exit 1 if a device named here is not)")
     p.add_argument("--device-file", action="append", default=[], metavar="FILE", help="also list this device YAML file")
     p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("recipes", help="list the example recipes shipped with edge-pipeline")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("init", help="copy a shipped recipe into this folder, to edit and run")
+    p.add_argument("name", metavar="NAME", help="a shipped recipe (see `edge-pipeline recipes`)")
+    p.add_argument("--out", metavar="FILE", help="where to write it (default: NAME.yaml); an existing file is never replaced")
+    p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("compare", help="device x model table and plots from profile files or run dirs")
     p.add_argument("paths", nargs="+", metavar="PATH", help="profile JSON files, folders of them, or run dirs")
@@ -316,12 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .procs import Terminated, signal_handlers, sweep_stale_temp_dirs
+
+    sweep_stale_temp_dirs()  # temp folders of runs that were killed (-9): only ours, only dead owners'
     try:
-        return args.func(args)
+        # SIGTERM/SIGHUP become exceptions, as Ctrl-C does: finally blocks kill children, remove temp folders.
+        with signal_handlers():
+            return args.func(args)
     except EdgePipelineError as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:
             print(f"error: {line}", file=sys.stderr)
         return exc.exit_code
+    except Terminated as exc:
+        print(f"terminated ({exc}): completed stages stay cached; rerun to resume", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("interrupted: completed stages stay cached; rerun to resume", file=sys.stderr)
         return 130

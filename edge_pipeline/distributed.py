@@ -15,18 +15,25 @@ How a run is distributed:
   offers on GPUs) and Dropout takes its slice of the global batch's mask, so a distributed run
   computes what the single-process run computes, up to float summation order.
 
-This module imports torch lazily: `pipeline` and `cli` import it.
+The CLI imports this module only inside `run` (never on its fast paths), so torch is imported at top level.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 from datetime import timedelta
-from typing import Any
+from typing import IO, Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from . import procs as children
 
 
 def world() -> tuple[int, int]:
@@ -45,14 +52,11 @@ def active() -> bool:
     """True inside an initialized process group of more than one rank."""
     if world()[1] <= 1:
         return False
-    import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def backend() -> str:
-    import torch
-
     return "nccl" if torch.cuda.is_available() and os.environ.get("EDGE_PIPELINE_BACKEND", "") != "gloo" else "gloo"
 
 
@@ -61,8 +65,6 @@ def init() -> None:
     rank, size = world()
     if size <= 1:
         return
-    import torch
-    import torch.distributed as dist
 
     if dist.is_initialized():
         return
@@ -75,14 +77,11 @@ def init() -> None:
 
 def shutdown() -> None:
     if active():
-        import torch.distributed as dist
 
         dist.destroy_process_group()
 
 
 def device():
-    import torch
-
     if active() and backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -92,7 +91,6 @@ def broadcast_object(obj: Any) -> Any:
     """The leader's `obj` on every rank (identity when not distributed)."""
     if not active():
         return obj
-    import torch.distributed as dist
 
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -102,8 +100,6 @@ def broadcast_object(obj: Any) -> Any:
 def all_reduce_sum(values: list[float]) -> list[float]:
     if not active():
         return values
-    import torch
-    import torch.distributed as dist
 
     t = torch.tensor(values, dtype=torch.float64, device=device())
     dist.all_reduce(t)
@@ -114,8 +110,6 @@ def average_gradients(params: list) -> None:
     """Mean of every parameter's gradient over the ranks (missing gradients count as zeros)."""
     if not active():
         return
-    import torch
-    import torch.distributed as dist
 
     size = dist.get_world_size()
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -133,7 +127,6 @@ def average_buffers(module) -> None:
     """BatchNorm running statistics: mean over ranks; integer buffers: the leader's."""
     if not active():
         return
-    import torch.distributed as dist
 
     size = dist.get_world_size()
     for buf in module.buffers():
@@ -147,8 +140,6 @@ def average_buffers(module) -> None:
 def differentiable_all_reduce(x):
     """Sum over ranks with a gradient: every rank's input receives the sum of all ranks' gradients
     (d sum_r x_r / d x_r = 1 on every rank)."""
-    import torch
-    import torch.distributed as dist
 
     class _AllReduce(torch.autograd.Function):
         @staticmethod
@@ -170,25 +161,24 @@ class SyncedTraining:
     """While active (distributed only): BatchNorm over the global batch, Dropout masks sliced from
     the global batch's mask. `fit` calls `batch(global_n, offset)` before each forward."""
 
-    def __init__(self, model) -> None:
-        from torch import nn
-
+    def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.global_n = self.offset = 0
-        self.patched = []
+        self.patched: list[nn.Module] = []
         if active():
             for m in model.modules():
+                # Instance attributes shadow the class's forward; `__exit__` deletes them again.
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.forward = self._batchnorm(m)
+                    m.forward = self._batchnorm(m)  # type: ignore[method-assign]
                     self.patched.append(m)
                 elif type(m) is nn.Dropout:
-                    m.forward = self._dropout(m)
+                    m.forward = self._dropout(m)  # type: ignore[method-assign]
                     self.patched.append(m)
 
     def batch(self, global_n: int, offset: int) -> None:
         self.global_n, self.offset = global_n, offset
 
-    def __enter__(self) -> "SyncedTraining":
+    def __enter__(self) -> SyncedTraining:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -197,8 +187,6 @@ class SyncedTraining:
 
     @staticmethod
     def _batchnorm(bn):
-        import torch
-
         original = type(bn).forward
 
         def forward(x):
@@ -228,8 +216,6 @@ class SyncedTraining:
         return forward
 
     def _dropout(self, drop):
-        import torch
-
         def forward(x):
             if not drop.training or drop.p == 0 or self.global_n == 0:
                 return type(drop).forward(drop, x)
@@ -244,7 +230,6 @@ class SyncedTraining:
 def shard(x, y, rank: int, size: int):
     """This rank's contiguous slice of a global batch, and where it starts. A batch smaller than the
     number of ranks is not split (every rank takes all of it, with weight 1/size)."""
-    import torch
 
     if len(y) < size:
         return x, y, 0
@@ -271,20 +256,23 @@ def launch(argv: list[str], nproc: int, log_dir: str | None = None) -> int:
     # As torchrun does: one OpenMP thread per rank unless the user chose, so N ranks do not fight
     # over the cores (oversubscribed OpenMP threads make small kernels many times slower).
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
-    procs: list[subprocess.Popen] = []
-    logs = []
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
-    for rank in range(nproc):
-        env = dict(os.environ, OMP_NUM_THREADS=threads, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        if rank == 0:
-            out = err = None
-        else:
-            log = open(os.path.join(log_dir, f"rank{rank}.log"), "w") if log_dir else subprocess.DEVNULL
-            logs.append(log)
-            out = err = log
-        procs.append(subprocess.Popen([sys.executable, "-m", "edge_pipeline.cli", *argv], env=env, stdout=out, stderr=err))
+    procs: list[subprocess.Popen] = []
+    with contextlib.ExitStack() as open_logs:  # the rank logs stay open until every rank has ended
+        for rank in range(nproc):
+            env = dict(os.environ, OMP_NUM_THREADS=threads, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
+                       LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            out: IO[str] | int | None = None
+            if rank > 0:
+                out = open_logs.enter_context(open(os.path.join(log_dir, f"rank{rank}.log"), "w")) if log_dir else subprocess.DEVNULL
+            # Through `procs`: each rank dies with this launcher, even when it is killed with -9.
+            procs.append(children.spawn([sys.executable, "-m", "edge_pipeline.cli", *argv], env=env, stdin=None, stdout=out, stderr=out))
+        return _wait_for_ranks(procs)
+
+
+def _wait_for_ranks(procs: list[subprocess.Popen]) -> int:
+    """Rank 0's exit code once all ranks have ended, or (after stopping the rest) the first failure's."""
     try:
         while True:
             codes = [p.poll() for p in procs]
@@ -299,6 +287,7 @@ def launch(argv: list[str], nproc: int, log_dir: str | None = None) -> int:
             for p in procs:
                 p.wait()
             return procs[0].returncode if procs[0].returncode not in (None, 0, -15) else failed[0]
+        assert codes[0] is not None  # every rank has ended
         return codes[0]
     except KeyboardInterrupt:
         for p in procs:
@@ -307,7 +296,3 @@ def launch(argv: list[str], nproc: int, log_dir: str | None = None) -> int:
         for p in procs:
             p.wait()
         raise
-    finally:
-        for log in logs:
-            if hasattr(log, "close"):
-                log.close()

@@ -13,15 +13,21 @@ from torch import fx, nn
 PASS_THROUGH = (nn.Dropout, nn.Identity)
 
 
+def module_path(node: fx.Node) -> str:
+    """The submodule path of a `call_module` or `get_attr` node (their target is always a string)."""
+    assert isinstance(node.target, str), node.op
+    return node.target
+
+
 def is_full_flatten(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """`nn.Flatten()` or `torch.flatten(x, 1)`: every dimension after the batch merged into one."""
     if node.op == "call_module":
-        m = modules[node.target]
+        m = modules[module_path(node)]
         return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
     if node.op == "call_function" and node.target is torch.flatten:
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
         end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-        return start == 1 and end == -1
+        return bool(start == 1 and end == -1)
     return False
 
 
@@ -31,7 +37,7 @@ def linear_after(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None
         (user,) = node.users
         if user.op != "call_module":
             return None
-        module = modules[user.target]
+        module = modules[module_path(user)]
         if isinstance(module, nn.Linear):
             return user
         if not isinstance(module, PASS_THROUGH):

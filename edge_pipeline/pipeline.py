@@ -13,37 +13,28 @@ temp folder, which the next run deletes before redoing that stage.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from . import __version__
-from .artifacts import (
-    TrackedModel,
-    atomic_write_json,
-    atomic_write_text,
-    canonical_json,
-    load_model,
-    read_json,
-    save_model,
-    sha256_file,
-    sha256_text,
-)
-from .errors import PipelineError, UserError
+from . import __version__, distributed, procs
+from .artifacts import atomic_write_json, atomic_write_text, canonical_json, read_json, sha256_file, sha256_text
+from .data import DataBundle, build_data
+from .data.identity import DataIdentity, data_identity
+from .errors import UserError
+from .evaluation import model_facts
+from .models.store import save_model
 from .recipe import Recipe, StageSpec
-from .stages.base import config_dump
+from .rundir import DETAILS_FILE, STAGE_RECORD, RunDir
+from .schema import config_dump
+from .stages.context import StageContext
 from .ui import console, status_line
 
-STAGE_RECORD = "stage.json"
-DETAILS_FILE = "details.json"
 VERSIONED_PACKAGES = ("torch", "tensorflow", "onnx2tf", "ai-edge-litert")
 
 
@@ -67,60 +58,10 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-@dataclass
-class StageResult:
-    """What a stage hands back. Model stages return `model`; the pipeline saves and evaluates it."""
-
-    model: TrackedModel | None = None
-    # Keys of this stage's metrics.json entry beyond name/type/status/seconds/model (the contract).
-    metrics: dict[str, Any] = field(default_factory=dict)
-    # Everything else worth keeping (history, per-layer facts): written to details.json.
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-class StageContext:
-    """Everything a running stage may use: its config, its output folder, data and upstream outputs."""
-
-    def __init__(self, pipeline: "Pipeline", spec: StageSpec, out_dir: Path) -> None:
-        self.pipeline = pipeline
-        self.recipe = pipeline.recipe
-        self.spec = spec
-        self.config = spec.config
-        self.out_dir = out_dir
-        self.run_dir = pipeline.run_dir
-        self.seed = pipeline.recipe.seed
-
-    @property
-    def data(self):
-        return self.pipeline.data
-
-    def upstream(self, produces: str) -> StageSpec:
-        """The latest earlier stage producing `produces` (the recipe validator guarantees one exists)."""
-        for spec in reversed(self.recipe.stages[: self.spec.index]):
-            if spec.stage.produces == produces:
-                return spec
-        raise PipelineError(f"{self.spec.name}: no earlier stage produces a {produces}")
-
-    def stage_dir(self, name: str) -> Path:
-        return self.run_dir / self.recipe.stage(name).dirname
-
-    def stage_entry(self, name: str) -> dict[str, Any]:
-        return read_json(self.stage_dir(name) / STAGE_RECORD)["entry"]
-
-    def stage_details(self, name: str) -> dict[str, Any]:
-        path = self.stage_dir(name) / DETAILS_FILE
-        return read_json(path) if path.is_file() else {}
-
-    def load_model(self, name: str | None = None) -> TrackedModel:
-        """The model saved by stage `name`, or by the latest earlier model stage."""
-        spec = self.recipe.stage(name) if name else self.upstream("model")
-        return load_model(self.run_dir / spec.dirname)
-
-
 class Pipeline:
     def __init__(self, recipe: Recipe, run_dir: str | os.PathLike, force: list[str] | None = None) -> None:
         self.recipe = recipe
-        self.run_dir = Path(run_dir)
+        self.rundir = RunDir(run_dir)
         self.force = set(force or [])
         names = {s.name for s in recipe.stages}
         unknown = self.force - names - {"all"}
@@ -131,17 +72,22 @@ class Pipeline:
         self.manifest: list[dict[str, Any]] = []
 
     @cached_property
-    def data(self):
-        from .data import build_data
-
+    def data(self) -> DataBundle:
         with status_line(f"loading {self.recipe.data.dataset} data"):
             return build_data(self.recipe.data, self.recipe.seed)
+
+    @cached_property
+    def data_identity(self) -> DataIdentity:
+        """Fingerprint + metrics record of the data, from file stats only (no decoding, no torch)."""
+        return data_identity(self.recipe.data, self.recipe.seed)
 
     # -- keys --------------------------------------------------------------------------------
 
     def root_key(self) -> str:
         r = self.recipe
-        return sha256_text(canonical_json({"data": config_dump(r.data), "model": config_dump(r.model), "seed": r.seed}))
+        return sha256_text(canonical_json({
+            "data": config_dump(r.data), "data_fingerprint": self.data_identity.fingerprint,
+            "model": config_dump(r.model), "seed": r.seed}))
 
     def stage_key(self, spec: StageSpec, upstream: dict[str, Any]) -> str:
         material = {"type": spec.type, "config": config_dump(spec.config), "upstream": upstream, "versions": self.versions}
@@ -152,15 +98,16 @@ class Pipeline:
 
     # -- running -----------------------------------------------------------------------------
 
-    def run(self) -> list[dict[str, Any]]:
-        from . import distributed
+    def context(self, spec: StageSpec, out_dir: Path) -> StageContext:
+        return StageContext(self.recipe, spec, out_dir, self.rundir, lambda: self.data)
 
+    def run(self) -> list[dict[str, Any]]:
         if not distributed.is_leader():
             return self._follow()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with self._lock():
-            atomic_write_text(self.run_dir / "recipe.resolved.yaml", self.recipe.resolved_yaml())
-            self._remove_stale_dirs()
+        self.rundir.claim()
+        with self.rundir.lock():
+            atomic_write_text(self.rundir.resolved_recipe_path, self.recipe.resolved_yaml())
+            self.rundir.remove_stale({s.dirname for s in self.recipe.stages})
             upstream: dict[str, Any] = {"root": self.root_key()}
             try:
                 for spec in self.recipe.stages:
@@ -172,12 +119,10 @@ class Pipeline:
 
     def _run_or_reuse(self, spec: StageSpec, upstream: dict[str, Any]) -> dict[str, Any]:
         key = self.stage_key(spec, upstream)
-        final = self.run_dir / spec.dirname
+        final = self.rundir.stage_dir(spec.index, spec.name)
         started = time.perf_counter()
         forced = spec.name in self.force or "all" in self.force
         record = None if forced else self._valid_record(final, key)
-        from . import distributed
-
         distributed.broadcast_object(record is None)  # distributed runs: tell the followers (see _follow)
         if record is not None:
             status = "cached"
@@ -200,19 +145,15 @@ class Pipeline:
         return record
 
     def _execute(self, spec: StageSpec, key: str, upstream: dict[str, Any], final: Path) -> dict[str, Any]:
-        tmp = self.run_dir / f".{spec.dirname}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp = self.rundir.fresh_tmp_dir(spec.index, spec.name)
         console.print(f"[cyan]▶[/] {spec.dirname:<18} running")
         started = time.perf_counter()
-        ctx = StageContext(self, spec, tmp)
+        ctx = self.context(spec, tmp)
         try:
             result = spec.stage.run(ctx)
             entry, details = dict(result.metrics), dict(result.details)
             if result.model is not None:
                 save_model(result.model, tmp)
-                from .evaluation import model_facts
-
                 facts = model_facts(result.model, self.data, tmp)
                 details["val_accuracy"] = facts.pop("val_accuracy")
                 entry["model"] = facts
@@ -232,8 +173,8 @@ class Pipeline:
             "versions": self.versions, "seconds": seconds, "entry": entry,
         }
         atomic_write_json(tmp / STAGE_RECORD, record)
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists() or final.is_symlink():
+            self.rundir.remove_ours(final)
         os.replace(tmp, final)
         console.print(f"[green]✓[/] {spec.dirname:<18} done in {seconds:.1f}s")
         return record
@@ -242,15 +183,11 @@ class Pipeline:
         """Ranks > 0 of a distributed run (see distributed.py): for each stage the leader runs, run it
         too if it trains (`Stage.distributed`), so `training.fit` has its data-parallel partners.
         Inputs are read from the leader's run folder; outputs go to a scratch folder and are dropped."""
-        import tempfile
-
-        from . import distributed
-
         for spec in self.recipe.stages:
             runs = distributed.broadcast_object(None)
             if runs and getattr(spec.stage, "distributed", False):
-                with tempfile.TemporaryDirectory(prefix="edge-pipeline-follower-") as scratch:
-                    spec.stage.run(StageContext(self, spec, Path(scratch)))
+                with procs.temp_dir("follower") as scratch:
+                    spec.stage.run(self.context(spec, scratch))
         return []
 
     def _valid_record(self, folder: Path, key: str) -> dict[str, Any] | None:
@@ -275,37 +212,14 @@ class Pipeline:
         """Copy profile JSONs to the run's `profiles/` folder (the contract's location)."""
         for rel in record["entry"].get("profiles", []):
             src = folder / Path(rel).name
-            dst = self.run_dir / rel
+            dst = self.rundir.resolve(rel)
             if src.is_file() and (not dst.is_file() or sha256_file(dst) != sha256_file(src)):
                 atomic_write_text(dst, src.read_text())
 
     def _write_summaries(self) -> None:
-        metrics = {"recipe": self.recipe.name, "version": __version__, "stages": self.entries}
-        atomic_write_json(self.run_dir / "metrics.json", metrics)
+        metrics = {"recipe": self.recipe.name, "version": __version__, "data": self.data_identity.record, "stages": self.entries}
+        atomic_write_json(self.rundir.metrics_path, metrics)
         atomic_write_json(
-            self.run_dir / "manifest.json",
+            self.rundir.manifest_path,
             {"recipe": self.recipe.name, "versions": self.versions, "stages": self.manifest},
         )
-
-    def _remove_stale_dirs(self) -> None:
-        """Drop leftovers: temp folders of killed runs, and stage folders no longer in the recipe."""
-        wanted = {s.dirname for s in self.recipe.stages}
-        for child in self.run_dir.iterdir():
-            if not child.is_dir():
-                continue
-            if child.name.startswith(".") and child.name.endswith(".tmp"):
-                shutil.rmtree(child, ignore_errors=True)
-            elif len(child.name) > 3 and child.name[:2].isdigit() and child.name[2] == "-" and child.name not in wanted:
-                shutil.rmtree(child, ignore_errors=True)
-
-    @contextmanager
-    def _lock(self) -> Iterator[None]:
-        with open(self.run_dir / ".lock", "w") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UserError(f"{self.run_dir}: another edge-pipeline run is using this folder; wait for it or use --out") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)

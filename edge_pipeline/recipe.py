@@ -13,16 +13,22 @@ import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from .artifacts import LIMIT_YAML, read_text_bounded
 from .errors import UserError
+from .models.base import MAX_CLASSES
 from .models.names import check_arch
+from .rundir import stage_dirname
+from .schema import NAME_MAX_LENGTH
 from .stages import STAGES
 from .stages.base import NAME_PATTERN, Stage, StageConfig, Strict, config_dump
-from .yamlio import Located, dotted, dump, load_located
+from .yamlio import Located, dotted, dump, load_located, load_value
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 DATASETS = ("digits", "imagefolder", "cifar10")
 
@@ -52,7 +58,7 @@ class DataConfig(Strict):
     limit: int | None = Field(None, ge=20, description="Use at most this many samples (quick experiments).")
 
     @model_validator(mode="after")
-    def _path_needed(self) -> "DataConfig":
+    def _path_needed(self) -> DataConfig:
         if self.dataset != "digits" and not self.path:
             raise ValueError(f"dataset {self.dataset!r} needs `path:` (a folder on this machine)")
         return self
@@ -66,12 +72,17 @@ class DataConfig(Strict):
 
 class ModelConfig(Strict):
     arch: str = Field(description="A zoo name (vgg_small, resnet8, ...) or torchvision:<name>.")
-    num_classes: int | None = Field(None, ge=2, description="Default: the dataset's class count.")
+    num_classes: int | None = Field(None, ge=2, le=MAX_CLASSES, description="Default: the dataset's class count.")
     width: float = Field(1.0, gt=0, le=8, description="Channel width multiplier (zoo models).")
     weights: str | None = Field(
         None,
         description="Initial weights: a local .safetensors/.pth file, or a torchvision weights name "
         "(e.g. IMAGENET1K_V1) already in the torch hub cache. Never downloaded.",
+    )
+    strict: bool = Field(
+        True,
+        description="With `weights`: the file must fit the model (at least half of the model's tensors match "
+        "by name and shape, and at least half of the file's are used); false loads whatever matches.",
     )
 
     @field_validator("arch")
@@ -89,8 +100,8 @@ class ReportConfig(Strict):
 
 
 class RecipeHead(Strict):
-    name: str = Field(pattern=NAME_PATTERN)
-    seed: int = Field(0, ge=0)
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds torch and numpy (numpy takes 32 bits).")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig
     stages: list[Any] = Field(min_length=1)
@@ -107,7 +118,7 @@ class StageSpec:
 
     @property
     def dirname(self) -> str:
-        return f"{self.index + 1:02d}-{self.name}"
+        return stage_dirname(self.index, self.name)
 
 
 @dataclass
@@ -147,12 +158,9 @@ class Recipe:
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{path}: recipe file not found; pass a path to a .yaml recipe (see recipes/)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read recipe: {exc}") from None
+    text = read_text_bounded(path, LIMIT_YAML, "recipe (.yaml)")  # never a device, FIFO or huge file
     return parse_recipe(text, str(path), overrides or [])
 
 
@@ -187,7 +195,7 @@ def parse_recipe(text: str, filename: str, overrides: list[str] | None = None) -
     return Recipe(head.name, head.seed, head.data, head.model, stages, head.report, filename)
 
 
-def _parse_stages(raw: Any, errors: "_Errors") -> list[StageSpec]:
+def _parse_stages(raw: Any, errors: _Errors) -> list[StageSpec]:
     if not isinstance(raw, list):
         return []
     specs: list[StageSpec] = []
@@ -212,7 +220,7 @@ def _parse_stages(raw: Any, errors: "_Errors") -> list[StageSpec]:
     return specs
 
 
-def _check_stages(specs: list[StageSpec], errors: "_Errors") -> None:
+def _check_stages(specs: list[StageSpec], errors: _Errors) -> None:
     seen: dict[str, int] = {}
     for spec in specs:
         loc = ("stages", spec.index, spec.type)
@@ -240,7 +248,7 @@ _PRODUCERS = {
 }
 
 
-def _check_data_path(data: DataConfig, errors: "_Errors") -> None:
+def _check_data_path(data: DataConfig, errors: _Errors) -> None:
     if data.path and not Path(data.path).expanduser().is_dir():
         errors.add(("data", "path"), f"folder {data.path!r} does not exist (relative paths start at {os.getcwd()})")
 
@@ -255,8 +263,8 @@ def apply_override(data: dict, item: str) -> tuple[tuple, str]:
         raise UserError(f"--set {item}: expected PATH=VALUE, e.g. --set stages.2.prune.ratio=0.3")
     path, _, raw_value = item.partition("=")
     try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
-    except yaml.YAMLError:
+        value = load_value(raw_value, f"--set {item}") if raw_value.strip() else ""
+    except UserError:  # not YAML, or over a bound (an alias bomb): the plain text; the schema says what fits
         value = raw_value
     parts = [p for p in path.strip().split(".") if p]
     if not parts:
@@ -265,6 +273,7 @@ def apply_override(data: dict, item: str) -> tuple[tuple, str]:
     loc: list[Any] = []
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
+        key: str | int = part
         if isinstance(node, list):
             by_name = loc == ["stages"] and not part.isdigit()
             index = _stage_index(node, part) if loc == ["stages"] else (int(part) if part.isdigit() else None)
@@ -272,22 +281,22 @@ def apply_override(data: dict, item: str) -> tuple[tuple, str]:
                 raise UserError(f"--set {item}: no item {part!r} in {dotted(loc)} (it has {len(node)} items)")
             if by_name and not last:
                 # `stages.prune.ratio`: step through the stage's one-key mapping into its body.
-                ((key, body),) = node[index].items()
+                ((stage_type, body),) = node[index].items()
                 if body is None:
-                    node[index][key] = body = {}
-                loc += [index, key]
+                    node[index][stage_type] = body = {}
+                loc += [index, stage_type]
                 node = body
                 continue
-            part = index
+            key = index
         elif not isinstance(node, dict):
             raise UserError(f"--set {item}: {dotted(loc)} is a value, not a mapping")
-        loc.append(part)
+        loc.append(key)
         if last:
-            node[part] = value
+            node[key] = value
         else:
-            if isinstance(node, dict) and node.get(part) is None:
-                node[part] = {}
-            node = node[part]
+            if isinstance(node, dict) and node.get(key) is None:
+                node[key] = {}
+            node = node[key]
     return tuple(loc), item
 
 
@@ -340,7 +349,7 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and ("[" in part or part in {"int", "float", "str", "bool", "list", "dict"})
 
 
-def _describe(err: dict, model: type[BaseModel], loc: tuple) -> str:
+def _describe(err: ErrorDetails, model: type[BaseModel], loc: tuple) -> str:
     kind = err["type"]
     ctx = err.get("ctx") or {}
     got = err.get("input")
@@ -369,6 +378,9 @@ def _describe(err: dict, model: type[BaseModel], loc: tuple) -> str:
         return f"must be a list, got {got!r}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"must be a mapping, got {got!r}"
+    if kind == "string_too_long":
+        shown = got if len(got) <= 40 else got[:37] + "..."
+        return f"must be at most {ctx.get('max_length')} characters (names become folder names), got {shown!r} ({len(got)})"
     if kind == "string_pattern_mismatch":
         return f"must be lowercase letters, digits, '-' or '_' and start with a letter, got {got!r}"
     if kind in ("too_short", "too_long"):

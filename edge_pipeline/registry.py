@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -17,12 +18,6 @@ class Registry(Generic[T]):
             raise ValueError(f"duplicate {self.kind} registration: {name!r}")
         self._items[name] = item
         return item
-
-    def decorator(self, name: str) -> Callable[[T], T]:
-        def wrap(item: T) -> T:
-            return self.register(name, item)
-
-        return wrap
 
     def get(self, name: str) -> T:
         try:

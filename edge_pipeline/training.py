@@ -4,11 +4,13 @@ progress bar, and data parallelism across processes when launched distributed (s
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from . import distributed
+from .errors import PipelineError
 from .evaluation import accuracy
 from .ui import console, progress
 
@@ -66,7 +68,6 @@ def fit(model: nn.Module, data, cfg, seed: int, loss_fn: LossFn, label: str,
     In a distributed run every rank iterates the same global batches (same seed, same augmentation)
     and computes its slice; averaged gradients make every rank take the single-process step.
     """
-    from . import distributed
 
     rank, size = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed.active() else (0, 1)
     device = distributed.device()
@@ -107,7 +108,6 @@ def fit(model: nn.Module, data, cfg, seed: int, loss_fn: LossFn, label: str,
                 if regularizer is not None:
                     scaled = scaled + regularizer(model)
                 if not torch.isfinite(scaled):
-                    from .errors import PipelineError
 
                     raise PipelineError(f"{label}: loss became {scaled.item()} in epoch {epoch + 1}; lower `lr` (now {cfg.lr})")
                 scaled.backward()
@@ -123,7 +123,8 @@ def fit(model: nn.Module, data, cfg, seed: int, loss_fn: LossFn, label: str,
             distributed.average_buffers(model)
             loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen])
             val = _accuracy(model, val_loader, device) if rank == 0 else float("nan")
-            history.append({"epoch": epoch + 1, "loss": round(loss_sum / seen, 5), "train_accuracy": round(correct / seen, 5), "val_accuracy": round(val, 5)})
+            history.append({"epoch": epoch + 1, "loss": round(loss_sum / seen, 5), "train_accuracy": round(correct / seen, 5),
+                            "val_accuracy": round(val, 5)})
             bar.note(f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f} val {val:.3f}")
     model.eval()
     model.to("cpu")

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+@lru_cache(maxsize=1)
+def _stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
 
 
 class _LazyConsole:
     """rich.Console on stderr, created on first use so importing this module stays cheap."""
 
-    @lru_cache(maxsize=1)
-    def _get(self):
-        from rich.console import Console
+    def _get(self) -> Console:
+        return _stderr_console()
 
-        return Console(stderr=True, highlight=False)
-
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._get(), name)
 
 

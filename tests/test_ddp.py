@@ -80,7 +80,7 @@ def test_two_ranks_train_the_same_weights_as_one_process(tmp_path):
 def test_nproc_2_run_matches_a_single_process_run(tmp_path):
     import subprocess
 
-    from edge_pipeline.artifacts import load_model
+    from edge_pipeline.models.store import load_model
 
     recipe = write(tmp_path / "r.yaml", """\
 name: ddp

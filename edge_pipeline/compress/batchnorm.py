@@ -1,6 +1,6 @@
 """BatchNorm for restructured models: inserted layers that start as the identity, and re-estimation.
 
-Identity start. 
+Identity start.
 A transform that puts BN + activation between two new layers (MobileNet's depthwise and pointwise
 parts, Inception's stacked convs) changes the function through that BN unless it starts as the
 identity. PyTorch's default BN (running mean 0, var 1, weight 1, bias 0) is the identity only in eval
@@ -12,15 +12,25 @@ mode and approximately so in train mode (batch statistics ~ calibration statisti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
+
+
+def _running_stats(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running mean and variance of a BN that tracks them (every BN this module edits does)."""
+    assert bn.running_mean is not None and bn.running_var is not None
+    return bn.running_mean, bn.running_var
 
 
 @torch.no_grad()
 def exact_identity(bn: nn.BatchNorm2d) -> None:
     """Eval-mode identity without data: (x - 0) / sqrt((1 - eps) + eps) * 1 + 0 = x."""
-    bn.running_mean.zero_()
-    bn.running_var.fill_(1.0 - bn.eps)
+    running_mean, running_var = _running_stats(bn)
+    running_mean.zero_()
+    running_var.fill_(1.0 - bn.eps)
     bn.weight.fill_(1.0)
     bn.bias.zero_()
 
@@ -34,7 +44,7 @@ def calibrate_identity(model: nn.Module, bns: list[nn.BatchNorm2d], inputs: torc
         exact_identity(bn)
     if inputs is None or len(inputs) == 0:
         return
-    sums: dict[int, list[torch.Tensor]] = {}
+    sums: dict[int, list[Any]] = {}  # id(bn) -> [sum, sum of squares, count]
 
     def hook(module, args, _out):
         x = args[0].detach()
@@ -61,8 +71,9 @@ def calibrate_identity(model: nn.Module, bns: list[nn.BatchNorm2d], inputs: torc
         total, squares, count = sums[id(bn)]
         mean = total / count
         var = (squares / count - mean.pow(2)).clamp_min(0.0)
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
+        running_mean, running_var = _running_stats(bn)
+        running_mean.copy_(mean)
+        running_var.copy_(var)
         bn.weight.copy_((var + bn.eps).sqrt())
         bn.bias.copy_(mean)
 
@@ -127,7 +138,8 @@ def input_statistics(model: nn.Module, bn: nn.Module, inputs: torch.Tensor, stop
 
 
 @torch.no_grad()
-def refresh_statistics(model: nn.Module, changed: list[nn.Module], identity: list[nn.Module], inputs: torch.Tensor | None) -> int:
+def refresh_statistics(model: nn.Module, changed: Sequence[nn.Module], identity: Sequence[nn.Module],
+                       inputs: torch.Tensor | None) -> int:
     """Re-estimate the BatchNorm statistics a lossy replacement made stale, in execution order.
 
     A replacement that is not exact shifts the mean and scale of what flows into every BN after it,
@@ -156,8 +168,9 @@ def refresh_statistics(model: nn.Module, changed: list[nn.Module], identity: lis
             if stats is None:
                 continue
             mean, var = stats
-            bn.running_mean.copy_(mean)
-            bn.running_var.copy_(var)
+            running_mean, running_var = _running_stats(bn)
+            running_mean.copy_(mean)
+            running_var.copy_(var)
             if id(bn) in identity_ids and bn.affine:
                 bn.weight.copy_((var + bn.eps).sqrt())
                 bn.bias.copy_(mean)

@@ -23,13 +23,15 @@ with an activation, BN (starting as the identity) + activation go between the co
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .depthwise import make_activation
-from .edits import Edit
+from ..models.edits import Edit
 from .batchnorm import calibrate_identity
+from .depthwise import make_activation
 from .select import Selection, channels_ok, selected
 
 
@@ -61,7 +63,8 @@ def stack_convs(conv: nn.Conv2d, mid: int) -> list[nn.Conv2d]:
     convs = []
     for i in range(count):
         last = i == count - 1
-        convs.append(nn.Conv2d(channels[i], channels[i + 1], 3, conv.stride if last else 1, pads[i], conv.dilation,
+        # The stubs type a conv's stride/dilation as tuple[int, ...]; a Conv2d's are pairs.
+        convs.append(nn.Conv2d(channels[i], channels[i + 1], 3, conv.stride if last else 1, pads[i], conv.dilation,  # type: ignore[arg-type]
                                bias=last and conv.bias is not None))
     return convs
 
@@ -110,6 +113,7 @@ def decomposed_from(conv: nn.Conv2d, mid: int, activation: str, init: str) -> tu
     if init == "fit":
         error = fit_kernels(convs, conv.weight)
         if conv.bias is not None:
+            assert convs[-1].bias is not None  # stack_convs gives the last conv a bias when `conv` has one
             with torch.no_grad():
                 convs[-1].bias.copy_(conv.bias)
     layers: list[nn.Module] = []
@@ -137,6 +141,7 @@ def decompose(
     layers, skipped, bns = [], [], []
     targets = list(selected(model, selection, lambda m: is_decomposable(m) and channels_ok(m, selection.min_channels)))
     for name, conv in targets:
+        assert isinstance(conv, nn.Conv2d)  # is_decomposable
         mid = max(1, round(mid_ratio * min(conv.in_channels, conv.out_channels)))
         if only_if_smaller and stack_params(conv, mid) >= conv.weight.numel():
             skipped.append({"path": name, "reason": f"{mid} middle channels would not save weights"})
@@ -144,7 +149,7 @@ def decompose(
         new, error = decomposed_from(conv, mid, activation, init)
         bns += [m for m in new.modules() if isinstance(m, nn.BatchNorm2d)]
         edit.replace(model, name, new)
-        info = {"path": name, "kernel": conv.kernel_size[0], "in": conv.in_channels, "out": conv.out_channels,
+        info: dict[str, Any] = {"path": name, "kernel": conv.kernel_size[0], "in": conv.in_channels, "out": conv.out_channels,
                 "convs_3x3": (conv.kernel_size[0] - 1) // 2, "mid": mid}
         if error is not None:
             info["kernel_fit_error"] = round(error, 5)

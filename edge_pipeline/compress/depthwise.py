@@ -29,21 +29,15 @@ Inserted BatchNorms start as the identity at the calibration statistics (see `id
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from .edits import Edit
+from ..models.edits import Edit
+from ..models.layers import InvertedResidual, make_activation
 from .batchnorm import calibrate_identity
-from .modspec import buildable
 from .select import Selection, channels_ok, selected
-
-ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "none": None}
-
-
-def make_activation(name: str) -> nn.Module:
-    if ACTIVATIONS[name] is None:
-        return nn.Identity()
-    return nn.Hardswish() if name == "hardswish" else ACTIVATIONS[name](inplace=True)
 
 
 def is_standard_conv(module: nn.Module) -> bool:
@@ -73,7 +67,9 @@ def keeps_shape(conv: nn.Conv2d) -> bool:
 
 def separable_from(conv: nn.Conv2d, activation: str, init: str) -> nn.Sequential:
     cin, cout = conv.in_channels, conv.out_channels
-    dw = nn.Conv2d(cin, cin, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=cin, bias=False)
+    # The stubs type a conv's kernel_size/stride/padding/dilation as tuple[int, ...]; a Conv2d's are pairs.
+    dw = nn.Conv2d(cin, cin, conv.kernel_size, conv.stride, conv.padding, conv.dilation,  # type: ignore[arg-type]
+                   groups=cin, bias=False)
     pw = nn.Conv2d(cin, cout, 1, bias=conv.bias is not None)
     if init == "svd":
         _init_rank1(conv, dw, pw, nonnegative_kernels=activation != "none")
@@ -103,49 +99,12 @@ def _init_rank1(conv: nn.Conv2d, dw: nn.Conv2d, pw: nn.Conv2d, nonnegative_kerne
     dw.weight.copy_(v.reshape(cin, 1, kh, kw))
     pw.weight.copy_(col.T.reshape(cout, cin, 1, 1))
     if conv.bias is not None:
+        assert pw.bias is not None  # separable_from gives it a bias when `conv` has one
         pw.bias.copy_(conv.bias)
 
 
 # ---------------------------------------------------------------------------------------------
 # Inverted residual
-
-
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
-
-
-@buildable
-class InvertedResidual(nn.Module):
-    """A MobileNetV2 block standing in for one convolution (same input and output shapes)."""
-
-    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int, kernel_size, stride, padding,
-                 dilation, activation: str = "relu", residual: bool = True, bias: bool = False) -> None:
-        super().__init__()
-        kernel_size, stride, dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
-        padding = padding if isinstance(padding, str) else _pair(padding)
-        self._args = {
-            "in_channels": in_channels, "out_channels": out_channels, "hidden_channels": hidden_channels,
-            "kernel_size": list(kernel_size), "stride": list(stride),
-            "padding": padding if isinstance(padding, str) else list(padding), "dilation": list(dilation),
-            "activation": activation, "residual": residual, "bias": bias,
-        }
-        linear = activation == "none"
-        self.expand = nn.Conv2d(in_channels, hidden_channels, 1, bias=False)
-        self.bn1 = nn.Identity() if linear else nn.BatchNorm2d(hidden_channels)
-        self.act1 = make_activation(activation)
-        self.depthwise = nn.Conv2d(hidden_channels, hidden_channels, kernel_size, stride, padding, dilation,
-                                   groups=hidden_channels, bias=False)
-        self.bn2 = nn.Identity() if linear else nn.BatchNorm2d(hidden_channels)
-        self.act2 = make_activation(activation)
-        self.project = nn.Conv2d(hidden_channels, out_channels, 1, bias=bias)
-        self.residual = residual
-
-    def spec_args(self) -> dict:
-        return dict(self._args)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.project(self.act2(self.bn2(self.depthwise(self.act1(self.bn1(self.expand(x)))))))
-        return x + y if self.residual else y
 
 
 def inverted_residual_from(conv: nn.Conv2d, expansion: int, activation: str, residual: bool, init: str) -> InvertedResidual:
@@ -194,6 +153,7 @@ def _init_inverted(conv: nn.Conv2d, block: InvertedResidual, t: int, split_signs
     block.depthwise.weight.copy_(dw.reshape(cin * t, 1, kh, kw))
     block.project.weight.copy_(project.reshape(cout, cin * t, 1, 1))
     if conv.bias is not None:
+        assert block.project.bias is not None  # inverted_residual_from gives it a bias when `conv` has one
         block.project.bias.copy_(conv.bias)
 
 
@@ -219,11 +179,15 @@ def depthwise_separable(
     layers, bns = [], []
     targets = list(selected(model, selection, lambda m: is_standard_conv(m) and channels_ok(m, selection.min_channels)))
     for name, conv in targets:
+        assert isinstance(conv, nn.Conv2d)  # is_standard_conv
+        new: nn.Module
+        info: dict[str, Any]
         if inverted_residual:
-            new = inverted_residual_from(conv, expansion, activation, residual, init)
-            info = {"block": "inverted_residual", "hidden": new.depthwise.out_channels, "residual": new.residual}
+            block = inverted_residual_from(conv, expansion, activation, residual, init)
+            info = {"block": "inverted_residual", "hidden": block.depthwise.out_channels, "residual": block.residual}
             if init == "svd":
                 info["rank_per_channel"] = min(components_per_channel(expansion, activation), conv.out_channels, conv.kernel_size[0] ** 2)
+            new = block
         else:
             new = separable_from(conv, activation, init)
             info = {"block": "separable"}

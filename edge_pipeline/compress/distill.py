@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-OBJECTIVES = ("logits", "features", "logits+features")
-FEATURE_LOSSES = ("mse", "cosine")
+from .names import OBJECTIVES
 
 
 def hinton_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -120,8 +119,8 @@ def stage_boundaries(model: nn.Module, example: torch.Tensor) -> list[tuple[str,
         model.train(was_training)
         for h in handles:
             h.remove()
-    last: dict[tuple[int, int], tuple[str, tuple[int, ...]]] = {}
-    order: list[tuple[int, int]] = []
+    last: dict[tuple[int, ...], tuple[str, tuple[int, ...]]] = {}  # spatial size -> last layer at it
+    order: list[tuple[int, ...]] = []
     for name, shape in finished:
         res = shape[2:]
         if res not in last:
@@ -200,12 +199,14 @@ class DistillLoss:
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
         if self.features is not None:
+            assert student is not None and example is not None  # checked above
             self.student_tap = FeatureTap(student, [s for s, _ in self.features.pairs])
             self.teacher_tap = FeatureTap(teacher, [t for _, t in self.features.pairs])
             self.adapters = self._build_adapters(student, example)
 
     @torch.no_grad()
     def _build_adapters(self, student: nn.Module, example: torch.Tensor) -> nn.ModuleList:
+        assert self.features is not None
         was_training = student.training
         student.eval()
         student(example[:1])
@@ -227,6 +228,7 @@ class DistillLoss:
         return list(self.adapters.parameters())
 
     def feature_term(self) -> torch.Tensor:
+        assert self.features is not None  # only called for a feature objective
         fn = FEATURE_FUNCTIONS[self.features.loss]
         terms = []
         for (s_name, t_name), adapter in zip(self.features.pairs, self.adapters):

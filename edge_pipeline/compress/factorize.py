@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .depthwise import make_activation
-from .edits import Edit
+from ..models.edits import Edit
 from .batchnorm import calibrate_identity
+from .depthwise import make_activation
 from .select import Selection, channels_ok, selected
 from .svd import balanced, energy_kept, rank_for, svd
 
@@ -47,18 +47,21 @@ def _split(value, vertical: bool, fill: int):
     return (value[0], fill) if vertical else (fill, value[1])
 
 
-def factorized_from(conv: nn.Conv2d, rank: int, activation: str, init: str, factors=None) -> nn.Sequential:
+def factorized_from(conv: nn.Conv2d, rank: int, activation: str, init: str,
+                    factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> nn.Sequential:
     cout, cin, kh, kw = conv.weight.shape
     vertical = nn.Conv2d(cin, rank, (kh, 1), _split(conv.stride, True, 1), _split(conv.padding, True, 0),
                          _split(conv.dilation, True, 1), bias=False)
     horizontal = nn.Conv2d(rank, cout, (1, kw), _split(conv.stride, False, 1), _split(conv.padding, False, 0),
                            _split(conv.dilation, False, 1), bias=conv.bias is not None)
     if init == "svd":
-        left, right = balanced(*(factors or svd(kernel_matrix(conv))), rank, conv.weight.dtype)
+        u, s, vh = factors or svd(kernel_matrix(conv))
+        left, right = balanced(u, s, vh, rank, conv.weight.dtype)
         with torch.no_grad():
             vertical.weight.copy_(left.T.reshape(rank, cin, kh, 1))
             horizontal.weight.copy_(right.reshape(rank, cout, kw).permute(1, 0, 2).reshape(cout, rank, 1, kw))
             if conv.bias is not None:
+                assert horizontal.bias is not None  # made with a bias when `conv` has one
                 horizontal.bias.copy_(conv.bias)
     if activation == "none":
         return nn.Sequential(vertical, horizontal)
@@ -80,6 +83,7 @@ def factorize(
     layers, skipped, bns = [], [], []
     targets = list(selected(model, selection, lambda m: is_factorizable(m) and channels_ok(m, selection.min_channels)))
     for name, conv in targets:
+        assert isinstance(conv, nn.Conv2d)  # is_factorizable
         cout, cin, kh, kw = conv.weight.shape
         factors = svd(kernel_matrix(conv))
         singular = factors[1]

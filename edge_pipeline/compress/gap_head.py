@@ -31,9 +31,9 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..fxpatterns import is_full_flatten, linear_after
-from .edits import Edit
-from .modspec import module_spec
+from ..fxpatterns import is_full_flatten, linear_after, module_path
+from ..models.edits import Edit
+from ..models.modspec import module_spec
 from .select import Selection, channels_ok, selected
 
 
@@ -64,19 +64,22 @@ def find_heads(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Hea
         source = node.args[0]
         meta = source.meta.get("tensor_meta") if isinstance(source, fx.Node) else None
         linear = linear_after(node, modules)
-        if meta is None or len(meta.shape) != 4 or linear is None:
+        if not isinstance(source, fx.Node) or meta is None or len(meta.shape) != 4 or linear is None:
             continue
         _, c, h, w = (int(s) for s in meta.shape)
         if h * w == 1:
             continue  # already a pooled head
+        linear_path = module_path(linear)
+        source_module = modules[module_path(source)] if source.op == "call_module" else None
         if node.op == "call_module":
-            heads.append(Head(linear.target, (c, h, w), node.target, "flatten"))
-        elif source.op == "call_module" and isinstance(modules[source.target], (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
-            heads.append(Head(linear.target, (c, h, w), source.target, "pool"))
-        elif source.op == "call_module" and not list(modules[source.target].children()) and _recordable(modules[source.target]):
-            heads.append(Head(linear.target, (c, h, w), source.target, "append"))
+            heads.append(Head(linear_path, (c, h, w), module_path(node), "flatten"))
+        elif isinstance(source_module, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
+            heads.append(Head(linear_path, (c, h, w), module_path(source), "pool"))
+        elif source_module is not None and not list(source_module.children()) and _recordable(source_module):
+            heads.append(Head(linear_path, (c, h, w), module_path(source), "append"))
         else:
-            skipped.append({"path": linear.target, "reason": "the flatten follows a container or a function; no single layer to pool after"})
+            reason = "the flatten follows a container or a function; no single layer to pool after"
+            skipped.append({"path": linear_path, "reason": reason})
     return heads, skipped
 
 
@@ -176,10 +179,11 @@ def gap_head(model: nn.Module, selection: Selection, input_shape: tuple[int, ...
     for head in heads:
         if head.linear not in chosen:
             continue
-        old: nn.Linear = model.get_submodule(head.linear)
+        old = model.get_submodule(head.linear)
+        assert isinstance(old, nn.Linear)  # find_heads: the layer after the flatten
         c, h, w = head.map_shape
         new = nn.Linear(c, old.out_features, bias=old.bias is not None)
-        targets = _capture(model, old, inputs, "out") if init == "fit" else None
+        targets = _capture(model, old, inputs, "out") if init == "fit" and inputs is not None else None
         edit.replace(model, head.pool_path, _pool_replacement(model, head))
         edit.replace(model, head.linear, new)
         if init == "average":
@@ -188,6 +192,7 @@ def gap_head(model: nn.Module, selection: Selection, input_shape: tuple[int, ...
                 if old.bias is not None:
                     new.bias.copy_(old.bias)
         elif init == "fit":
+            assert inputs is not None and targets is not None  # checked at the top
             features = _capture(model, new, inputs, "in")
             ridge = cross_validated_ridge(features, targets, new.bias is not None)
             weight, bias = least_squares(features, targets, new.bias is not None, ridge)

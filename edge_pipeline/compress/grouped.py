@@ -20,35 +20,14 @@ weights between groups dropped). `random` keeps PyTorch's default init.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
-from .edits import Edit
-from .modspec import buildable
+from ..models.edits import Edit
+from ..models.layers import ChannelShuffle
 from .select import Selection, channels_ok, selected
-
-
-def shuffle_permutation(channels: int, groups: int) -> torch.Tensor:
-    """out[:, i] = in[:, perm[i]]: output position a*g + b takes channel b*(c/g) + a (ShuffleNet)."""
-    return torch.arange(channels).view(groups, channels // groups).t().reshape(-1)
-
-
-@buildable
-class ChannelShuffle(nn.Module):
-    def __init__(self, channels: int, groups: int) -> None:
-        super().__init__()
-        if channels % groups:
-            raise ValueError(f"ChannelShuffle: groups {groups} must divide channels {channels}")
-        self.channels, self.groups = channels, groups
-        # Not persistent: derived from the two ints, so it is not a weight to save.
-        self.register_buffer("perm", shuffle_permutation(channels, groups), persistent=False)
-
-    def spec_args(self) -> dict:
-        return {"channels": self.channels, "groups": self.groups}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.index_select(1, self.perm)
 
 
 def is_pointwise(module: nn.Module) -> bool:
@@ -62,7 +41,9 @@ def effective_groups(cin: int, cout: int, groups: int) -> int:
 
 def grouped_from(conv: nn.Conv2d, groups: int, init: str) -> nn.Sequential:
     cin, cout = conv.in_channels, conv.out_channels
-    grouped = nn.Conv2d(cin, cout, 1, conv.stride, conv.padding, conv.dilation, groups=groups, bias=conv.bias is not None)
+    # The stubs type a conv's stride/padding/dilation as tuple[int, ...]; a Conv2d's are pairs.
+    grouped = nn.Conv2d(cin, cout, 1, conv.stride, conv.padding, conv.dilation,  # type: ignore[arg-type]
+                        groups=groups, bias=conv.bias is not None)
     shuffle = ChannelShuffle(cout, groups)
     if init == "fit":
         _init_block_diagonal(conv, grouped, shuffle.perm)
@@ -82,6 +63,7 @@ def _init_block_diagonal(conv: nn.Conv2d, grouped: nn.Conv2d, perm: torch.Tensor
     diagonal = torch.stack([blocks[k, :, k, :] for k in range(g)])  # g x per_out x per_in
     grouped.weight.copy_(diagonal.reshape(cout, per_in, 1, 1))
     if conv.bias is not None:
+        assert grouped.bias is not None  # grouped_from gives it a bias when `conv` has one
         unshuffled_bias = torch.empty_like(conv.bias)
         unshuffled_bias[perm] = conv.bias
         grouped.bias.copy_(unshuffled_bias)
@@ -90,6 +72,7 @@ def _init_block_diagonal(conv: nn.Conv2d, grouped: nn.Conv2d, perm: torch.Tensor
 def kept_energy(conv: nn.Conv2d, groups: int) -> float:
     """Fraction of the squared weights the `fit` init keeps."""
     new = grouped_from(conv, groups, "fit")[0]
+    assert isinstance(new, nn.Conv2d)
     total = float(conv.weight.detach().pow(2).sum())
     return 1.0 if total == 0 else float(new.weight.detach().pow(2).sum()) / total
 
@@ -99,11 +82,12 @@ def grouped_pointwise(model: nn.Module, selection: Selection, groups: int = 4, i
     layers, skipped = [], []
     targets = list(selected(model, selection, lambda m: is_pointwise(m) and channels_ok(m, selection.min_channels)))
     for name, conv in targets:
+        assert isinstance(conv, nn.Conv2d)  # is_pointwise
         g = effective_groups(conv.in_channels, conv.out_channels, groups)
         if g < 2:
             skipped.append({"path": name, "reason": f"no group count in 2..{groups} divides {conv.in_channels} and {conv.out_channels}"})
             continue
-        info = {"path": name, "in": conv.in_channels, "out": conv.out_channels, "groups": g}
+        info: dict[str, Any] = {"path": name, "in": conv.in_channels, "out": conv.out_channels, "groups": g}
         if init == "fit":
             info["weight_energy_kept"] = round(kept_energy(conv, g), 4)
         edit.replace(model, name, grouped_from(conv, g, init))

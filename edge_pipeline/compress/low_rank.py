@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .edits import Edit
+from ..models.edits import Edit
 from .select import Selection, channels_ok, selected
 from .svd import balanced, energy_kept, rank_for, svd
 
@@ -31,31 +31,38 @@ def _kind(module: nn.Module) -> str | None:
     return None
 
 
-def _matrix(module: nn.Module) -> torch.Tensor:
+def _matrix(module: nn.Conv2d | nn.Linear) -> torch.Tensor:
     w = module.weight.detach()
     return w.reshape(w.shape[0], -1)
 
 
-def _factorized_params(module: nn.Module, rank: int) -> int:
+def _factorized_params(module: nn.Conv2d | nn.Linear, rank: int) -> int:
     rows, cols = _matrix(module).shape
     return rank * (rows + cols)
 
 
-def factorized_from(module: nn.Module, rank: int, init: str, factors=None) -> nn.Sequential:
+def factorized_from(module: nn.Conv2d | nn.Linear, rank: int, init: str,
+                    factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> nn.Sequential:
     """The two-layer replacement of `module` at `rank`; `factors` = svd(matrix) if already computed."""
     bias = module.bias is not None
+    first: nn.Linear | nn.Conv2d
+    second: nn.Linear | nn.Conv2d
     if isinstance(module, nn.Linear):
         first = nn.Linear(module.in_features, rank, bias=False)
         second = nn.Linear(rank, module.out_features, bias=bias)
     else:
-        first = nn.Conv2d(module.in_channels, rank, module.kernel_size, module.stride, module.padding, module.dilation, bias=False)
+        # The stubs type a conv's kernel_size/stride/padding/dilation as tuple[int, ...]; a Conv2d's are pairs.
+        geometry = (module.kernel_size, module.stride, module.padding, module.dilation)
+        first = nn.Conv2d(module.in_channels, rank, *geometry, bias=False)  # type: ignore[arg-type]
         second = nn.Conv2d(rank, module.out_channels, 1, bias=bias)
     if init == "svd":
-        left, right = balanced(*(factors or svd(_matrix(module))), rank, module.weight.dtype)
+        u, s, vh = factors or svd(_matrix(module))
+        left, right = balanced(u, s, vh, rank, module.weight.dtype)
         with torch.no_grad():
             first.weight.copy_(right.reshape(first.weight.shape))
             second.weight.copy_(left.reshape(second.weight.shape))
-            if bias:
+            if module.bias is not None:  # then `second` has a bias too
+                assert second.bias is not None
                 second.bias.copy_(module.bias)
     return nn.Sequential(first, second)
 
@@ -71,8 +78,9 @@ def low_rank(
 ) -> Edit:
     edit = Edit("low_rank", {"rank": rank, "energy": energy, "kinds": list(kinds), "init": init})
     layers, skipped = [], []
-    accept = lambda m: _kind(m) in kinds and channels_ok(m, selection.min_channels)  # noqa: E731
+    accept = lambda m: _kind(m) in kinds and channels_ok(m, selection.min_channels)
     for name, module in list(selected(model, selection, accept)):
+        assert isinstance(module, (nn.Conv2d, nn.Linear))  # what `accept` lets through
         matrix = _matrix(module)
         factors = svd(matrix)
         singular = factors[1]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .edits import Edit
+from ..models.edits import Edit
 
 
 def probes_of(edit: Edit) -> list[tuple[str, str]]:
@@ -69,7 +69,7 @@ def reconstruction(before: nn.Module, after: nn.Module, probes: list[tuple[str, 
         old_in: dict[str, torch.Tensor] = {}
         handles = []
         for path in dict.fromkeys(local):
-            def pre(_m, args, path=path):
+            def pre(_m, args, path=path, old_in=old_in):
                 old_in[path] = args[0].detach().clone()
             handles.append(before.get_submodule(path).register_forward_pre_hook(pre))
         old_out, more = _capture_outputs(before, local + inline)

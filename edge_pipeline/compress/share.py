@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .edits import Edit
+from ..models.edits import Edit
 from .select import Selection, channels_ok, classifier, first_conv
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -112,8 +112,15 @@ def _average_into_source(model: nn.Module, pairs: list[tuple[str, str]]) -> None
         mods = [target] + [model.get_submodule(m) for m in members]
         for name, tensor in list(target.named_parameters()) + list(target.named_buffers()):
             if tensor.is_floating_point():
-                stacked = torch.stack([dict(m.named_parameters()).get(name, dict(m.named_buffers()).get(name)) for m in mods])
+                stacked = torch.stack([_tensor_named(m, name) for m in mods])
                 tensor.copy_(stacked.mean(0))
+
+
+def _tensor_named(module: nn.Module, name: str) -> torch.Tensor:
+    """A parameter or buffer of `module` by name (every member of a group has the same structure)."""
+    found = dict(module.named_parameters()).get(name, dict(module.named_buffers()).get(name))
+    assert found is not None
+    return found
 
 
 def share(model: nn.Module, selection: Selection, init: str = "first") -> Edit:

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import procs
+from ..artifacts import LIMIT_TFLITE, check_regular_file
 from ..errors import UserError
 from .inspect import Graph, read_graph
 from .runtime import interpreter_class, load_error_summary
@@ -166,9 +168,10 @@ def load_test(python: str, runtime: str, model: Path, reference: bool = False, t
     """Load, allocate and invoke `model` with `runtime` under `python`, in a subprocess (also
     without default delegates if `reference`). {"ok": bool, "phase": ..., "error": ...}."""
     modes = "default,reference" if reference else "default"
+    check_regular_file(model, LIMIT_TFLITE, "TFLite model")
     try:
-        proc = subprocess.run(
-            [python, "-c", LOADER, runtime, str(model), modes], capture_output=True, text=True, timeout=timeout,
+        proc = procs.run(
+            [python, "-c", LOADER, runtime, str(model), modes], timeout=timeout,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
     except subprocess.TimeoutExpired:
@@ -302,15 +305,20 @@ def install_runtime(name: str, version: str, python: str | None = None) -> Path:
     if _import_error(folder, name) is None:
         return folder  # already there: no network
     if not (folder / "bin" / "python").is_file():
-        subprocess.run([python, "-m", "venv", str(folder)], check=True)
-    subprocess.run(
-        [str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet", f"{name}=={version}", *RUNTIME_EXTRAS[name]],
-        check=True,
-    )
+        _run_visible([python, "-m", "venv", str(folder)])
+    _run_visible([str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet", f"{name}=={version}", *RUNTIME_EXTRAS[name]])
     error = _import_error(folder, name)
     if error is not None:
         raise UserError(f"{folder}: {name} {version} installed but does not import: {error}")
     return folder
+
+
+def _run_visible(cmd: list[str]) -> None:
+    """A setup command whose output the user sees; it dies with us (see procs)."""
+    with procs.spawned(cmd) as proc:
+        code = procs.finish(proc)
+    if code != 0:
+        raise subprocess.CalledProcessError(code, cmd)
 
 
 def _import_error(folder: Path, name: str) -> str | None:
@@ -318,7 +326,10 @@ def _import_error(folder: Path, name: str) -> str | None:
     python = folder / "bin" / "python"
     if not python.is_file():
         return "no venv"
-    check = subprocess.run([str(python), "-c", f"import {RUNTIME_MODULES[name]}"], capture_output=True, text=True)
+    try:
+        check = procs.run([str(python), "-c", f"import {RUNTIME_MODULES[name]}"], timeout=300)
+    except subprocess.TimeoutExpired:
+        return "importing it took longer than 300s"
     return None if check.returncode == 0 else (check.stderr.strip().splitlines() or ["failed"])[-1]
 
 

@@ -27,6 +27,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..artifacts import LIMIT_ONNX, check_regular_file, read_npy
 from ..errors import UserError
 from .inspect import CAST_OPS, Graph, Op, read_graph
 from .runtime import load_interpreter, quantize_input, tensor_value
@@ -168,6 +169,7 @@ def onnx_weights(onnx_path: str | Path) -> list[tuple[str, np.ndarray]]:
     import onnx
     from onnx import numpy_helper
 
+    check_regular_file(onnx_path, LIMIT_ONNX, "ONNX model")
     model = onnx.load(str(onnx_path))
     values = {i.name: i for i in model.graph.initializer}
     for node in model.graph.node:
@@ -376,8 +378,8 @@ def diagnosis_inputs(float_path: str | Path, inputs_path: str | Path | None, sam
         if not path.is_file():
             raise UserError(f"{path}: inputs file not found (a .npy of NHWC float inputs, normalized as in training)")
         try:
-            inputs = np.load(path, allow_pickle=False).astype(np.float32)[:samples]
-        except ValueError as exc:
+            inputs = read_npy(path, what=".npy array of inputs").astype(np.float32)[:samples]
+        except ValueError as exc:  # a non-numeric dtype
             raise UserError(f"{path}: not a numeric .npy array ({exc})") from None
         return inputs, f"{len(inputs)} inputs from {path}"
     graph = read_graph(float_path)

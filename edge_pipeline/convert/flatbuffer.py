@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import LIMIT_TFLITE, read_bytes_bounded
 from ..errors import UserError
+from .tflite_check import check_model_structure
 
 FILE_IDENTIFIER = b"TFL3"
 
@@ -32,18 +34,18 @@ def read_model(source: str | Path | bytes, label: str | None = None) -> Any:
     else:
         path = Path(source)
         label = label or str(path)
-        try:
-            buf = path.read_bytes()
-        except OSError as exc:
-            raise UserError(f"{label}: cannot read ({exc.strerror})") from None
+        buf = read_bytes_bounded(path, LIMIT_TFLITE, "TFLite model")
     if len(buf) < 8 or buf[4:8] != FILE_IDENTIFIER:
         raise UserError(f"{label}: not a TFLite model (no TFL3 flatbuffer identifier); the file is corrupt or another format")
     try:
         model = schema().ModelT.InitFromPackedBuf(buf, 0)
         if not model.subgraphs:
             raise ValueError("no subgraphs")
-    except Exception as exc:  # a truncated flatbuffer fails in many ways
-        raise UserError(f"{label}: corrupt TFLite flatbuffer ({type(exc).__name__}); re-export the model") from None
+    except Exception as exc:  # a truncated flatbuffer or a bad offset fails in many ways
+        reason = (str(exc).splitlines() or [""])[0][:120] or type(exc).__name__
+        raise UserError(f"{label}: not a valid TFLite file (corrupt TFLite flatbuffer: {reason}); "
+                        "re-export the model") from None
+    check_model_structure(model, len(buf), label, enum_names(schema().TensorType))  # every index in range
     return model
 
 

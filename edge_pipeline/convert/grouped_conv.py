@@ -17,7 +17,6 @@ grouped conv stays one CONV_2D (TFLite runs grouped convs natively).
 
 from __future__ import annotations
 
-
 # Producers whose onnx2tf output was seen to carry the NCHW shape (grouped convs after convs,
 # depthwise convs and activations converted correctly in the same models).
 AMBIGUOUS_PRODUCERS = {"Add", "Sum"}
@@ -49,6 +48,7 @@ def split_ambiguous_grouped_convs(model) -> int:
         if not ambiguous:
             nodes.append(node)
             continue
+        assert shape is not None and shape[1] is not None  # the exported models have static channel counts
         nodes += _split(node, group, shape[1], attrs, initializers, model.graph, count)
         count += 1
     if count:

@@ -13,7 +13,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..fxpatterns import is_full_flatten, linear_after
+from ..fxpatterns import is_full_flatten, linear_after, module_path
 
 
 def pooling_matrix(size_in: int, size_out: int) -> torch.Tensor:
@@ -34,7 +34,7 @@ def _pool_before(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None
     source = node.args[0]
     if not (isinstance(source, fx.Node) and source.op == "call_module" and len(source.users) == 1):
         return None
-    pool = modules[source.target]
+    pool = modules[module_path(source)]
     meta = source.meta.get("tensor_meta")
     if not isinstance(pool, nn.AdaptiveAvgPool2d) or meta is None or tuple(meta.shape[2:]) == (1, 1):
         return None  # a global pool stays: it is one cheap MEAN op
@@ -58,16 +58,18 @@ def fold_flatten_linear(module: nn.Module, input_shape: tuple[int, ...]) -> tupl
         source = node.args[0]
         meta = source.meta.get("tensor_meta") if isinstance(source, fx.Node) else None
         pool = _pool_before(node, modules)
-        if meta is None or len(meta.shape) != 4 or (pool is None and meta.shape[2] * meta.shape[3] == 1):
+        if not isinstance(source, fx.Node) or meta is None or len(meta.shape) != 4 or (pool is None and meta.shape[2] * meta.shape[3] == 1):
             continue
         linear_node = linear_after(node, modules)
         if linear_node is None:
             continue
         _, c, oh, ow = meta.shape
-        linear: nn.Linear = modules[linear_node.target]
+        linear = modules[module_path(linear_node)]
+        assert isinstance(linear, nn.Linear)  # linear_after
         weight = linear.weight.detach().view(linear.out_features, c, oh, ow)
         if pool is not None:
             source = pool.args[0]
+            assert isinstance(source, fx.Node)  # the pool's input tensor
             _, _, h, w = source.meta["tensor_meta"].shape
             weight = torch.einsum("ocij,ih,jw->ochw", weight, pooling_matrix(h, oh), pooling_matrix(w, ow))
         else:
@@ -76,6 +78,7 @@ def fold_flatten_linear(module: nn.Module, input_shape: tuple[int, ...]) -> tupl
         with torch.no_grad():
             conv.weight.copy_(weight)
             if linear.bias is not None:
+                assert conv.bias is not None  # made with a bias when the Linear has one
                 conv.bias.copy_(linear.bias)
         name = f"nhwc_fold_{folded}"
         renamed[name] = str(linear_node.target)
@@ -92,5 +95,6 @@ def fold_flatten_linear(module: nn.Module, input_shape: tuple[int, ...]) -> tupl
     graph_module.delete_all_unused_submodules()
     graph_module.recompile()
     # The Linear each conv replaces, so exported names (and per-layer diagnosis) keep the model's names.
-    graph_module.export_scopes = {**getattr(module, "export_scopes", {}), **renamed}
+    # nn.Module's stub types any attribute it does not declare as Tensor | Module; this one is a dict.
+    graph_module.export_scopes = {**getattr(module, "export_scopes", {}), **renamed}  # type: ignore[assignment]
     return graph_module.eval(), folded

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..artifacts import LIMIT_ONNX, check_regular_file
 from ..errors import PipelineError
 
 INPUT_NAME = "input"
@@ -68,6 +69,7 @@ def check_onnx(path: Path) -> None:
     every intermediate value): TFLite plans memory ahead and onnx2tf needs concrete shapes."""
     import onnx
 
+    check_regular_file(path, LIMIT_ONNX, "ONNX model")
     try:
         onnx.checker.check_model(str(path), full_check=True)
         model = onnx.load(str(path))

@@ -8,6 +8,7 @@ from typing import Iterable
 
 import numpy as np
 
+from ..artifacts import LIMIT_TFLITE, check_regular_file
 from ..errors import UserError
 
 RUNTIMES = ("ai-edge-litert", "tflite-runtime", "tensorflow")
@@ -38,6 +39,7 @@ def load_interpreter(path: str | Path, threads: int = 1, preserve_all_tensors: b
     """An allocated interpreter. With `preserve_all_tensors`, every intermediate tensor stays readable
     after `invoke` (for per-layer diagnosis); the default XNNPACK delegate is then left out, since
     it computes delegated ops inside its own buffers."""
+    check_regular_file(path, LIMIT_TFLITE, "TFLite model")  # the runtime would read a device or FIFO forever
     name, _, cls = interpreter_class()
     kwargs: dict = {"model_path": str(path), "num_threads": threads}
     if preserve_all_tensors:

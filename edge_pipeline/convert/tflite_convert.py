@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
+from .. import procs
+from ..artifacts import LIMIT_ONNX, LIMIT_TEXT, check_regular_file, read_json
 from ..errors import PipelineError, UserError
 from ..ui import console, status_line
 from .tflite_worker import INPUT_ERROR_EXIT
@@ -50,17 +53,35 @@ def onnx2tf_sample_images(images_nhwc01: np.ndarray) -> np.ndarray:
     return x.clamp(0, 1).permute(0, 2, 3, 1).contiguous().numpy().astype(np.float32)
 
 
-def worker_env() -> dict[str, str]:
-    env = dict(os.environ)
+# Caller variables the worker keeps: they change how fast it runs or whether Python starts at all,
+# never the converted graph. EDGE_PIPELINE_* are this tool's own settings.
+PASSED_THROUGH = ("LD_LIBRARY_PATH", "OMP_NUM_THREADS")
+OWN_PREFIX = "EDGE_PIPELINE_"
+
+
+def worker_env(work_dir: str | os.PathLike) -> dict[str, str]:
+    """The converter's whole environment, built from scratch rather than copied from the caller.
+
+    The same ONNX file must give the same TFLite files however the tool was started: with an
+    activated virtualenv, its `bin/` on PATH let onnx2tf find the optional `onnxsim` command, which
+    rewrote the model (undoing our max-pool rewrite). So: system PATH only, no PYTHONPATH but ours,
+    no user site-packages, a fixed hash seed and locale, no GPU, HOME and TMPDIR inside the work
+    folder (removed with it), and proxies that make any network access fail at once."""
+    work_dir = str(work_dir)
     blackhole = "http://127.0.0.1:9"  # discard port: anything that tries the network fails at once
-    env.update({
-        "HTTP_PROXY": blackhole, "HTTPS_PROXY": blackhole, "http_proxy": blackhole, "https_proxy": blackhole,
-        "NO_PROXY": "", "no_proxy": "", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
-        "PYTHONWARNINGS": "ignore",
-    })
     # The worker imports this package by name: make sure it finds the same copy as the parent.
     package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env = {
+        "PATH": os.defpath, "HOME": work_dir, "TMPDIR": work_dir, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+        "PYTHONPATH": package_root, "PYTHONNOUSERSITE": "1", "PYTHONHASHSEED": "0", "PYTHONWARNINGS": "ignore",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0", "CUDA_VISIBLE_DEVICES": "",
+        "HTTP_PROXY": blackhole, "HTTPS_PROXY": blackhole, "http_proxy": blackhole, "https_proxy": blackhole,
+        "NO_PROXY": "", "no_proxy": "",
+    }
+    for name, value in os.environ.items():
+        if name in PASSED_THROUGH or name.startswith(OWN_PREFIX):
+            env[name] = value
     return env
 
 
@@ -95,14 +116,19 @@ def run_conversion(
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(p in NEEDS_CALIBRATION for p in precisions) and calibration_nhwc is None:
         raise PipelineError("export: int8/int16x8 need calibration data; add a `quantize` stage before `export`")
-    with tempfile.TemporaryDirectory(prefix="edge-pipeline-convert-") as work:
-        work_dir = Path(work)
+    check_regular_file(onnx_path, LIMIT_ONNX, "ONNX model")
+    with procs.temp_dir("convert") as work_dir:
         np.save(work_dir / ONNX2TF_SAMPLE_FILE, onnx2tf_sample_images(sample_images01))
         calibration_file = work_dir / "calibration.npy"
         if calibration_nhwc is not None:
             np.save(calibration_file, calibration_nhwc.astype(np.float32))
+        # onnx2tf rewrites the file it is given (op names, shape inference): give it a private copy,
+        # so the exported model.onnx stays exactly what we checked against torch.
+        private_onnx = work_dir / "onnx" / onnx_path.name
+        private_onnx.parent.mkdir()
+        shutil.copyfile(onnx_path, private_onnx)
         spec = {
-            "onnx": str(onnx_path.resolve()), "workdir": str(work_dir), "out_dir": str(out_dir.resolve()),
+            "onnx": str(private_onnx), "workdir": str(work_dir), "out_dir": str(out_dir.resolve()),
             "precisions": precisions, "calibration": str(calibration_file), "io_type": io_type,
             "per_channel": per_channel, "keep_float": list(keep_float or []), "auto_keep_float": int(auto_keep_float),
             "diagnose_samples": int(diagnose_samples), "result": str(work_dir / "result.json"),
@@ -110,7 +136,7 @@ def run_conversion(
         (work_dir / "spec.json").write_text(json.dumps(spec))
         log_path = log_path or out_dir / "convert.log"
         run_worker(WORKER + [str(work_dir / "spec.json")], work_dir, log_path, timeout)
-        result = json.loads((work_dir / "result.json").read_text())
+        result = read_json(work_dir / "result.json")
     selective = result.get("selective")
     if selective:
         selective["full_int8"] = Path(selective["full_int8"])
@@ -119,24 +145,15 @@ def run_conversion(
 
 
 def run_worker(cmd: list[str], work_dir: Path, log_path: Path, timeout: float) -> None:
-    """Run a worker command; its stdout protocol lines drive progress, everything else goes to the log.
+    """Run a worker command (in `work_dir`, with `worker_env`); its stdout protocol lines drive
+    progress, everything else goes to the log. The worker and anything it starts die with us.
     Raises UserError (bad input found by the worker) or PipelineError (the conversion failed or crashed)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    last_step, error = None, None
-    with open(log_path, "w") as log, status_line("converting"):
-        proc = subprocess.Popen(cmd, cwd=work_dir, env=worker_env(), stdout=subprocess.PIPE, stderr=log, text=True)
-        # Reading stdout blocks until the worker exits, so the time limit is a timer that kills it.
-        timed_out = threading.Event()
-
-        def stop() -> None:
-            timed_out.set()
-            proc.kill()
-
-        timer = threading.Timer(timeout, stop)
-        timer.start()
+    last_step, error, timed_out = None, None, False
+    with (_new_log(log_path) as log, status_line("converting"),
+          procs.spawned(cmd, cwd=work_dir, env=worker_env(work_dir), stdout=procs.PIPE, stderr=log) as proc):
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
+            for line in procs.stream_lines(proc, timeout):
                 if line.startswith("@@step "):
                     last_step = line.split(" ", 1)[1].strip()
                     if last_step != "done":
@@ -148,19 +165,37 @@ def run_worker(cmd: list[str], work_dir: Path, log_path: Path, timeout: float) -
                         error = {"kind": "conversion", "message": line.split(" ", 1)[1].strip()}
                 else:
                     log.write(line)
-            code = proc.wait()
-        finally:
-            timer.cancel()
-            if proc.poll() is None:
-                proc.kill()
-    if timed_out.is_set():
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            procs.stop(proc)
+        code = procs.finish(proc)
+    if timed_out:
         raise PipelineError(f"export: conversion took longer than {timeout:.0f}s and was stopped during {last_step}; see {log_path}")
     if code == 0:
         return
     if code == INPUT_ERROR_EXIT and error and error.get("kind") == "input":
         raise UserError(f"export: {error['message']}")
-    text = log_path.read_text(errors="replace")
-    raise PipelineError(f"export: conversion failed: {describe_failure(text, code, last_step, error)}; full log: {log_path}")
+    raise PipelineError(f"export: conversion failed: {describe_failure(log_tail(log_path), code, last_step, error)}; "
+                        f"full log: {log_path}")
+
+
+@contextmanager
+def _new_log(path: Path) -> Iterator[IO[str]]:
+    """A fresh log file; a symlink planted in its place is refused, never followed and truncated."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot write the conversion log ({exc.strerror}); remove whatever is there") from None
+    with os.fdopen(fd, "w") as log:
+        yield log
+
+
+def log_tail(path: Path, limit: int = LIMIT_TEXT) -> str:
+    """The last `limit` bytes of a log (the failure is at the end; a runaway log stays readable)."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(max(0, size - limit))
+        return fh.read(limit).decode("utf-8", errors="replace")
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -29,6 +29,30 @@ from pathlib import Path
 
 INPUT_ERROR_EXIT = 3
 
+# Every onnx2tf option that changes the graph, pinned, so that nothing but the ONNX file decides the
+# result. Above all `not_use_onnxsim`: otherwise onnx2tf runs the `onnxsim` command if one happens to
+# be on PATH (an activated virtualenv has it) and rewrites the model in place, undoing our max-pool
+# padding rewrite (int8 PADV2 then gets a ~1e36 scale and the file fails to load).
+ONNX2TF_OPTIONS = {
+    "not_use_onnxsim": True,
+    "not_use_opname_auto_generate": False,  # names only unnamed nodes (deterministic); onnx2tf needs names
+    "batch_size": None, "overwrite_input_shape": None, "shape_hints": None, "value_hints": None,
+    "no_large_tensor": False, "keep_ncw_or_nchw_or_ncdhw_input_names": None,
+    "keep_nwc_or_nhwc_or_ndhwc_input_names": None, "keep_shape_absolutely_input_names": None,
+    "disable_group_convolution": False, "enable_accumulation_type_float16": False,
+    "enable_batchmatmul_unfold": False, "enable_rnn_unroll": False,
+    "disable_suppression_flextranspose": False, "disable_suppression_flexstridedslice": False,
+    "disable_strict_mode": False, "optimization_for_gpu_delegate": False,
+    "replace_argmax_to_reducemax_and_indices_is_int64": False, "replace_argmax_to_reducemax_and_indices_is_float32": False,
+    "replace_argmax_to_fused_argmax_and_indices_is_int64": False, "replace_argmax_to_fused_argmax_and_indices_is_float32": False,
+    "replace_to_pseudo_operators": None, "param_replacement_file": "", "auto_generate_json": False,
+    "auto_generate_json_on_error": False, "enable_auto_split_model": False, "mvn_epsilon": 1e-10,
+    "copy_onnx_input_output_names_to_tflite": False,  # would run the `flatc` command and download a schema
+    "output_dynamic_range_quantized_tflite": False, "output_integer_quantized_tflite": False,  # ours, below
+    "check_gpu_delegate_compatibility": False, "check_onnx_tf_outputs_elementwise_close": False,
+    "check_onnx_tf_outputs_elementwise_close_full": False,
+}
+
 
 class InputError(Exception):
     """Bad input found during conversion: reported as a user error by the parent."""
@@ -157,7 +181,10 @@ def convert_all(spec: dict) -> dict:
     started = time.perf_counter()
     import onnx2tf
 
-    onnx2tf.convert(input_onnx_file_path=spec["onnx"], output_folder_path=str(tf_dir), non_verbose=True)
+    onnx2tf.convert(
+        input_onnx_file_path=spec["onnx"], output_folder_path=str(tf_dir), non_verbose=True,
+        onnxruntime_output_memmap_dir=str(Path(spec["workdir"]) / "ort-memmap"), **ONNX2TF_OPTIONS,
+    )
     result: dict = {"files": {}, "seconds": {"onnx2tf": round(time.perf_counter() - started, 2)},
                     "selective": None, "failed": {}, "float_fallback": {}}
     calibration = None
@@ -172,9 +199,9 @@ def convert_all(spec: dict) -> dict:
             shutil.copyfile(source, target)
         else:
             if calibration is None and precision in ("int8", "int16x8"):
-                import numpy as np
+                from edge_pipeline.artifacts import read_npy
 
-                calibration = np.load(spec["calibration"])
+                calibration = read_npy(spec["calibration"], what="calibration array")
             try:
                 model, fallback = quantized_model(spec, tf_dir, precision, calibration)
             except Exception as exc:  # noqa: BLE001 - reported per precision
@@ -197,7 +224,9 @@ def convert_all(spec: dict) -> dict:
 
 
 def main(spec_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
+    from edge_pipeline.artifacts import read_json
+
+    spec = read_json(spec_path)
     _block_network()
     os.chdir(spec["workdir"])
     try:

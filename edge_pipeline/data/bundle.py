@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +26,8 @@ class DataBundle:
     train_labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
     # Training-time augmentation applied to a normalized NCHW batch (None: no augmentation).
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = field(default=None, repr=False)
+    # The data's identity (see identity.py): part of every cache key, recorded in metrics.json.
+    fingerprint: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -56,6 +58,14 @@ class DataBundle:
         """The first n normalized inputs of a split (deterministic): for checks that need real data."""
         xs = [x for x, _ in self.batches(split, limit=n)]
         return torch.from_numpy(np.concatenate(xs))
+
+    def record(self) -> dict:
+        """What metrics.json says about the data a run used (the DESIGN contract)."""
+        return {
+            "dataset": self.name, "classes": self.num_classes,
+            "samples": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
+            "fingerprint": self.fingerprint,
+        }
 
     def describe(self) -> dict:
         return {

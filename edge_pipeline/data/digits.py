@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .bundle import DataBundle, random_shift, split_indices
+from .identity import digits_identity
 
 
 def load_digits_bundle(config, seed: int) -> DataBundle:
@@ -46,6 +47,7 @@ def load_digits_bundle(config, seed: int) -> DataBundle:
         class_names=[str(i) for i in range(10)], in_channels=channels, image_size=size, mean=mean, std=std,
         batch_size=config.batch_size, train_labels=labels[train_idx],
         augment=random_shift(max(1, size // 16)) if config.augment else None,
+        fingerprint=digits_identity(config, seed).fingerprint,
     )
 
 

@@ -7,10 +7,15 @@ from pathlib import Path
 from ..errors import UserError
 
 
-def build_torchvision(name: str, num_classes: int, in_channels: int):
+# Input sizes some classifiers need (others pool adaptively and take any size).
+INCEPTION_MIN_SIZE = 75  # below it, a 3x3 kernel meets a 2x2 map in inception_v3's stem
+MAXVIT_SIZE_MULTIPLE = 224  # every stage's map must split into 7x7 windows (input / 32 / 7)
+
+
+def build_torchvision(name: str, num_classes: int, in_channels: int, image_size: int = 224):
     import torchvision
 
-    kwargs = {"weights": None, "num_classes": num_classes}
+    kwargs: dict = {"weights": None, "num_classes": num_classes, **_size_kwargs(name, image_size)}
     if name in ("googlenet", "inception_v3"):
         kwargs["aux_logits"] = False
         kwargs["init_weights"] = True
@@ -18,6 +23,27 @@ def build_torchvision(name: str, num_classes: int, in_channels: int):
     if in_channels != 3:
         _adapt_first_conv(model, in_channels)
     return model
+
+
+def _size_kwargs(name: str, image_size: int) -> dict:
+    """Constructor arguments for the input size, where the architecture is built for one size."""
+    problem = None
+    if name.startswith("vit_"):
+        patch = int(name.rsplit("_", 1)[1])  # vit_b_16 -> 16 px patches
+        if image_size % patch:
+            problem = f"needs image_size divisible by its patch size {patch}"
+        kwargs: dict = {"image_size": image_size}
+    elif name.startswith("maxvit_"):
+        if image_size % MAXVIT_SIZE_MULTIPLE:
+            problem = f"needs image_size a multiple of {MAXVIT_SIZE_MULTIPLE}"
+        kwargs = {"input_size": (image_size, image_size)}
+    else:
+        if name == "inception_v3" and image_size < INCEPTION_MIN_SIZE:
+            problem = f"needs image_size >= {INCEPTION_MIN_SIZE}"
+        kwargs = {}
+    if problem:
+        raise UserError(f"model.arch: torchvision:{name} {problem}, got {image_size}; change data.image_size")
+    return kwargs
 
 
 def _adapt_first_conv(model, in_channels: int) -> None:

@@ -27,6 +27,8 @@ import sys
 import time
 
 AGENT_VERSION = "2"
+MAX_MODEL_BYTES = 2 << 30  # a flatbuffer cannot address more
+MAX_INPUTS_BYTES = 2 << 30
 
 
 def load_runtime(preferred):
@@ -154,6 +156,17 @@ def make_interpreter(cls, model, threads):
     return cls(model_path=model, num_threads=threads)
 
 
+def check_file(path, limit, what):
+    """Refuse anything but a regular file within `limit` bytes, before any byte is read (a symlink
+    to /dev/zero or a FIFO would otherwise be read forever)."""
+    if not os.path.exists(path):
+        raise RuntimeError(f"{what} not found: {path}")
+    if not os.path.isfile(path):  # follows symlinks; true only for a regular file
+        raise RuntimeError(f"{what} is not a regular file: {path}")
+    if os.path.getsize(path) > limit:
+        raise RuntimeError(f"{what} is larger than {limit} bytes: {path}")
+
+
 def file_sha256(path):
     import hashlib
 
@@ -255,7 +268,8 @@ def mode_outputs(args, np, runtime):
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
-    data = np.load(args.inputs)
+    check_file(args.inputs, MAX_INPUTS_BYTES, "inputs file")
+    data = np.load(args.inputs, allow_pickle=False)
     results = []
     for sample in data:
         interpreter.set_tensor(inp["index"], quantize(sample[None], inp, np))
@@ -296,8 +310,7 @@ def main(argv=None):
             "arch": platform.machine(), "cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads,
             "python": platform.python_version(), "affinity": cpu_affinity(),
         })
-        if not os.path.isfile(args.model):
-            raise RuntimeError("model file not found: %s" % args.model)
+        check_file(args.model, MAX_MODEL_BYTES, "model file")
         if args.sha256:
             actual = file_sha256(args.model)
             if actual != args.sha256.lower():

@@ -8,26 +8,55 @@ measures there, with how many threads, which ops it can run, and how long to mea
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from ..artifacts import read_text_bounded
+from ..catalog import devices_dir
 from ..errors import UserError
-from ..stages.base import NAME_PATTERN, Strict
-from ..yamlio import load_located
+from ..schema import NAME_MAX_LENGTH, NAME_PATTERN, Strict
+from ..yamlio import dotted, load_located
+from .fields import (
+    MAX_CONNECT_SECONDS,
+    MAX_CORES,
+    MAX_COUNT_RUNS,
+    MAX_KEEPALIVE_COUNT,
+    MAX_KEEPALIVE_SECONDS,
+    MAX_MEMORY_MB,
+    MAX_SECONDS,
+    MAX_WARMUP_RUNS,
+    AdbProgram,
+    HostName,
+    JumpHost,
+    LocalPath,
+    PinnedWheel,
+    PlainText,
+    PythonProgram,
+    QemuProgram,
+    RejectedSshOption,
+    RemoteDir,
+    RemoteWord,
+    Seconds,
+    UserName,
+)
 
-REPO_DEVICES = Path(__file__).resolve().parents[2] / "devices"
+BUILTIN_DEVICES = devices_dir()
+DEVICE_FILE_LIMIT = 1 << 20  # a device file is a few hundred bytes
 
 
 class Budget(Strict):
-    """How long to measure. A run that misses a minimum or is too noisy is marked invalid."""
+    """How long to measure. A run that misses a minimum or is too noisy is marked invalid. Every
+    count and duration is bounded: a budget that could not finish is an error, not a hang."""
 
-    warmup_runs: int = Field(5, ge=0)
-    min_runs: int = Field(50, ge=1)
-    min_seconds: float = Field(1.0, ge=0)
-    max_seconds: float = Field(60.0, gt=0)
-    max_rel_std: float = Field(0.25, gt=0, description="Largest acceptable robust std (1.4826 MAD) / median.")
+    warmup_runs: int = Field(5, ge=0, le=MAX_WARMUP_RUNS)
+    min_runs: int = Field(50, ge=1, le=MAX_COUNT_RUNS)
+    min_seconds: float = Field(1.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
+    max_seconds: Seconds = 60.0
+    max_rel_std: float = Field(0.25, gt=0, le=1000, allow_inf_nan=False,
+                               description="Largest acceptable robust std (1.4826 MAD) / median.")
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -43,103 +72,118 @@ class Runtime(Strict):
     """What measures on the device. `benchmark_model` is TFLite's C++ tool (adb devices only)."""
 
     name: RuntimeName = "ai-edge-litert"
-    version: str | None = Field(None, description="Expected version; a different one on the device is reported, not fatal.")
+    version: str | None = Field(None, pattern=r"^[0-9A-Za-z][0-9A-Za-z.+!-]{0,63}$",
+                                description="Expected version; a different one on the device is reported, not fatal.")
 
 
-class LocalTransport(Strict):
+class LocalSettings(Strict):
     """This machine: the agent in a fresh subprocess (optionally pinned with taskset)."""
 
     kind: Literal["local"] = "local"
-    python: str | None = Field(None, description="Interpreter that runs the agent (default: this one).")
+    python: PythonProgram | None = Field(
+        None, description="Interpreter that runs the agent (default: this one): a command name or an absolute path.",
+    )
 
 
-class QemuTransport(Strict):
+class QemuSettings(Strict):
     """An aarch64 Debian sysroot run under qemu-aarch64-static (user mode). Latency is emulated."""
 
     kind: Literal["qemu"] = "qemu"
-    suite: str = Field("bookworm", pattern=r"^[a-z]+$", description="Debian release of the sysroot.")
-    python_version: str = Field("3.11", pattern=r"^3\.\d+$", description="Python of that release (bookworm: 3.11).")
-    packages: list[str] = Field(
+    suite: str = Field("bookworm", pattern=r"^[a-z]{1,32}$", description="Debian release of the sysroot.")
+    python_version: str = Field("3.11", pattern=r"^3\.\d{1,2}$", description="Python of that release (bookworm: 3.11).")
+    packages: list[PinnedWheel] = Field(
         default_factory=lambda: ["ai-edge-litert==2.1.0", "numpy==1.26.4"],
-        min_length=1, description="aarch64 wheels unpacked onto the sysroot's PYTHONPATH.",
+        min_length=1, max_length=64, description="aarch64 wheels (name==version) unpacked onto the sysroot's PYTHONPATH.",
     )
-    cache_dir: str | None = Field(None, description="Default: $EDGE_PIPELINE_CACHE or ~/.cache/edge-pipeline.")
-    qemu: str = Field("qemu-aarch64-static", description="The user-mode emulator binary.")
+    cache_dir: LocalPath | None = Field(None, description="Default: $EDGE_PIPELINE_CACHE or ~/.cache/edge-pipeline.")
+    qemu: QemuProgram = Field("qemu-aarch64-static", description="The user-mode emulator binary.")
 
 
-class SshTransport(Strict):
-    """A board over OpenSSH: key auth only (BatchMode), host keys checked against known_hosts."""
+class SshSettings(Strict):
+    """A board over OpenSSH: key auth only (BatchMode), host keys checked against known_hosts.
+
+    Every ssh option is a typed field with a validated value; there is no free-form option list,
+    because several ssh options run local commands (ProxyCommand, LocalCommand, Match exec...)."""
 
     kind: Literal["ssh"] = "ssh"
-    host: str = Field(min_length=1, description="Host name or address (or an alias from ~/.ssh/config).")
-    user: str | None = None
+    host: HostName = Field(description="Host name or address (or an alias from ~/.ssh/config).")
+    user: UserName | None = None
     port: int = Field(22, ge=1, le=65535)
-    identity_file: str | None = Field(None, description="Private key (default: ssh's own choice).")
-    known_hosts_file: str | None = Field(None, description="Default: ssh's own (~/.ssh/known_hosts).")
+    identity_file: LocalPath | None = Field(None, description="Private key (default: ssh's own choice).")
+    known_hosts_file: LocalPath | None = Field(None, description="Default: ssh's own (~/.ssh/known_hosts).")
     strict_host_key_checking: Literal["yes", "accept-new"] = Field(
         "yes", description="'yes' (default) refuses unknown hosts; 'accept-new' trusts a first-seen key, never a changed one.",
     )
-    python: str = Field("python3", min_length=1, description="The target's Python (3.8+), with numpy and a TFLite runtime.")
-    connect_timeout_s: int = Field(10, ge=1, le=300)
-    command_timeout_s: float = Field(120.0, gt=0, description="Limit for each setup/cleanup command on the target.")
-    remote_tmp: str = Field("/tmp", min_length=1, description="Where the private temp dir is made (mktemp -d).")
-    options: list[str] = Field(default_factory=list, description="Extra `-o Key=Value` options for ssh/scp.")
+    jump_host: JumpHost | None = Field(
+        None, description="Reach the host through this bastion: [user@]host[:port] (ssh -J; its own settings come "
+                          "from ~/.ssh/config).",
+    )
+    python: RemoteWord = Field("python3", description="The target's Python (3.8+), with numpy and a TFLite runtime.")
+    connect_timeout_s: int = Field(10, ge=1, le=MAX_CONNECT_SECONDS)
+    server_alive_interval_s: int = Field(5, ge=1, le=MAX_KEEPALIVE_SECONDS,
+                                         description="Seconds between keep-alive probes on a quiet connection.")
+    server_alive_count_max: int = Field(3, ge=1, le=MAX_KEEPALIVE_COUNT,
+                                        description="Unanswered keep-alives before the connection counts as lost.")
+    compression: bool = Field(False, description="Compress the connection (helps on slow links with big models).")
+    address_family: Literal["any", "inet", "inet6"] = Field("any", description="IPv4 only (inet), IPv6 only (inet6).")
+    command_timeout_s: Seconds = Field(120.0, description="Limit for each setup/cleanup command on the target.")
+    remote_tmp: RemoteDir = Field("/tmp", description="Where the private temp dir is made (mktemp -d).")
+    options: list[RejectedSshOption] = Field(
+        default_factory=list, exclude=True,
+        description="Not accepted: free-form ssh options could run local commands; each entry is an error naming "
+                    "the typed field to use.",
+    )
 
-    @field_validator("options")
-    @classmethod
-    def _options_are_key_value(cls, value: list[str]) -> list[str]:
-        for option in value:
-            key = option.split("=", 1)[0].strip().lower()
-            if "=" not in option:
-                raise ValueError(f"option {option!r} must be Key=Value (e.g. ServerAliveInterval=15)")
-            if key in ("stricthostkeychecking", "batchmode", "userknownhostsfile"):
-                raise ValueError(f"option {option!r}: use the transport's own fields for host-key checking")
-        return value
 
-
-class AdbTransport(Strict):
+class AdbSettings(Strict):
     """An Android device over adb: push, `adb shell`, pull nothing, remove what was pushed."""
 
     kind: Literal["adb"] = "adb"
-    serial: str | None = Field(None, description="adb -s SERIAL (default: the only connected device).")
-    adb: str = Field("adb", description="The adb binary.")
-    remote_dir: str = Field("/data/local/tmp", min_length=1, description="Writable folder on the device.")
-    benchmark_model: str | None = Field(
+    serial: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:][A-Za-z0-9_.:-]{0,127}$",
+                               description="adb -s SERIAL (default: the only connected device).")
+    adb: AdbProgram = Field("adb", description="The adb binary: a command name or an absolute path.")
+    remote_dir: RemoteDir = Field("/data/local/tmp", description="Writable folder on the device.")
+    benchmark_model: LocalPath | None = Field(
         None, description="Local path of an Android benchmark_model binary to push (runtime: benchmark_model).",
     )
-    python: str | None = Field(
+    python: RemoteWord | None = Field(
         None, description="A Python on the device (e.g. Termux) to run the agent (runtime: ai-edge-litert/tflite-runtime).",
     )
-    command_timeout_s: float = Field(120.0, gt=0)
+    command_timeout_s: Seconds = 120.0
 
 
-Transport = Annotated[Union[LocalTransport, QemuTransport, SshTransport, AdbTransport], Field(discriminator="kind")]
+TransportSettings = Annotated[LocalSettings | QemuSettings | SshSettings | AdbSettings, Field(discriminator="kind")]
 TRANSPORT_KINDS = ("local", "qemu", "ssh", "adb")
 
 
 class DeviceProfile(Strict):
-    name: str = Field(pattern=NAME_PATTERN)
-    description: str = ""
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)
+    description: PlainText = ""
     arch: Literal["x86_64", "aarch64", "armv7l"] = "x86_64"
-    cores: int | None = Field(None, ge=1)
-    memory_mb: int | None = Field(None, ge=1)
-    transport: Transport = Field(default_factory=LocalTransport)
+    cores: int | None = Field(None, ge=1, le=MAX_CORES)
+    memory_mb: int | None = Field(None, ge=1, le=MAX_MEMORY_MB)
+    transport: TransportSettings = Field(default_factory=LocalSettings)
     runtime: Runtime = Field(default_factory=Runtime)
     threads: int = Field(1, ge=1, le=256)
-    pin_cores: list[int] | None = Field(None, min_length=1, description="CPU cores to pin the agent to (taskset).")
+    pin_cores: list[Annotated[int, Field(ge=0, lt=MAX_CORES)]] | None = Field(
+        None, min_length=1, max_length=MAX_CORES, description="CPU cores to pin the agent to (taskset).",
+    )
     allow_flex: bool = Field(False, description="Whether Flex (SELECT_TF_OPS) ops are available.")
-    allowed_ops: list[str] | None = Field(None, description="If set, builtin ops the device's runtime supports; others are refused.")
+    allowed_ops: list[Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]] | None = Field(
+        None, description="If set, builtin ops the device's runtime supports; others are refused.",
+    )
     budget: Budget = Field(default_factory=Budget)
 
     @model_validator(mode="after")
     def _consistent(self):
-        kind = self.transport.kind
+        transport = self.transport
+        kind = transport.kind
         if self.runtime.name == "benchmark_model":
-            if kind != "adb":
+            if not isinstance(transport, AdbSettings):
                 raise ValueError("runtime benchmark_model is supported on adb devices only (use ai-edge-litert elsewhere)")
-            if not self.transport.benchmark_model:
+            if not transport.benchmark_model:
                 raise ValueError("runtime benchmark_model needs transport.benchmark_model: the local path of the binary")
-        elif kind == "adb" and not self.transport.python:
+        elif isinstance(transport, AdbSettings) and not transport.python:
             raise ValueError(f"runtime {self.runtime.name} over adb needs transport.python (a Python on the device)")
         if kind == "qemu" and self.arch != "aarch64":
             raise ValueError("the qemu transport emulates aarch64: set arch: aarch64")
@@ -157,9 +201,10 @@ class DeviceProfile(Strict):
 
 
 def device_dirs() -> list[Path]:
-    """Where device files are found: $EDGE_PIPELINE_DEVICES (os.pathsep list), ./devices, the repo's devices/."""
+    """Where device files are found, first wins: $EDGE_PIPELINE_DEVICES (os.pathsep list), ./devices,
+    then the built-in catalog shipped in the package."""
     dirs = [Path(p) for p in os.environ.get("EDGE_PIPELINE_DEVICES", "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "devices", REPO_DEVICES]
+    dirs += [working_dir_devices(), BUILTIN_DEVICES]
     seen, out = set(), []
     for d in dirs:
         key = d.resolve()
@@ -167,6 +212,26 @@ def device_dirs() -> list[Path]:
             seen.add(key)
             out.append(d)
     return out
+
+
+def working_dir_devices() -> Path:
+    return Path.cwd() / "devices"
+
+
+_ANNOUNCED: set[Path] = set()
+
+
+def announce_shadowing(path: Path) -> None:
+    """One `warning:` line when a file from ./devices replaces a built-in device of the same name:
+    such a file may come with a cloned repository rather than from the user (once per process)."""
+    builtin = BUILTIN_DEVICES / path.name
+    resolved = path.resolve()
+    if resolved.parent != working_dir_devices().resolve() or not builtin.is_file() or builtin.resolve() == resolved:
+        return
+    if resolved not in _ANNOUNCED:
+        _ANNOUNCED.add(resolved)
+        print(f"warning: {path} (from ./devices in the working directory) replaces the built-in device "
+              f"{path.stem!r} ({builtin}); read it before use, or rename it", file=sys.stderr)
 
 
 def _error_location(loc: tuple) -> tuple:
@@ -177,12 +242,10 @@ def _error_location(loc: tuple) -> tuple:
 
 
 def load_device_file(path: str | Path) -> DeviceProfile:
-    from ..yamlio import dotted
-
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: device file not found")
-    located = load_located(path.read_text(encoding="utf-8"), str(path))
+    text = read_text_bounded(path, DEVICE_FILE_LIMIT, "device file (YAML)")
+    announce_shadowing(path)
+    located = load_located(text, str(path))
     if not isinstance(located.data, dict):
         raise UserError(f"{path}:1: a device file is a mapping (name, arch, transport, ...)")
     data = dict(located.data)
@@ -195,7 +258,9 @@ def load_device_file(path: str | Path) -> DeviceProfile:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "union_tag_invalid":
             message = f"transport.kind must be one of {', '.join(TRANSPORT_KINDS)}"
-        got = f", got {err['input']!r}" if loc and not isinstance(err.get("input"), dict) else ""
+        # Our own checks (value_error) quote the value already; pydantic's built-in ones do not.
+        quoted = err["type"] == "value_error" or isinstance(err.get("input"), (dict, list))
+        got = f", got {err['input']!r}" if loc and not quoted else ""
         raise UserError(f"{path}:{located.line_of(loc) or 1}: {dotted(loc)}: {message}{got}") from None
 
 

@@ -26,6 +26,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import procs
 from ..errors import PipelineError, UserError
 
 DEBIAN_PACKAGES = ["python3", "libstdc++6", "libgcc-s1"]
@@ -128,11 +129,11 @@ def build_sysroot(transport, quiet: bool = False) -> Sysroot:
                     archive.extractall(work / "site")
             shutil.rmtree(work / "wheels")
         sysroot = Sysroot(work / "root", work / "site", python, transport.qemu)
-        probe = subprocess.run(
+        probe = procs.run(
             sysroot.command(["-c", "import platform, numpy; from ai_edge_litert import interpreter; print(platform.machine())"
                              if any(p.startswith("ai-edge-litert") for p in transport.packages)
                              else "import platform, numpy; print(platform.machine())"]),
-            capture_output=True, text=True, env=sysroot.env(), timeout=300,
+            env=sysroot.env(), timeout=300,
         )
         if probe.returncode != 0 or probe.stdout.strip() != "aarch64":
             tail = (probe.stderr.strip().splitlines() or ["no output"])[-1]
@@ -150,7 +151,7 @@ def build_sysroot(transport, quiet: bool = False) -> Sysroot:
 
 def _run(cmd: list[str], what: str, timeout: float) -> None:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = procs.run(cmd, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise PipelineError(f"emulator setup: {what} did not finish within {timeout:.0f}s") from None
     if proc.returncode != 0:

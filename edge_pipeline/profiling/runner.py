@@ -4,10 +4,10 @@ JSON of DESIGN.md (plus `cpu`, `cores`, `emulated`, `op_profile`, `outputs_check
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from .. import procs
 from ..artifacts import sha256_file
 from ..errors import UserError
 from ..ui import status_line
@@ -29,7 +29,7 @@ def check_ops(model: Path, device: DeviceProfile) -> dict[str, Any]:
     """Refuse a model the device cannot run (Flex ops, ops outside `allowed_ops`) before any device work."""
     from ..convert.inspect import inspect_tflite
 
-    info = inspect_tflite(model)
+    info = inspect_tflite(model)  # a bounded read: a device, FIFO or oversized file is refused here
     if info["flex_ops"] and not device.allow_flex:
         raise UserError(f"{model.name}: uses Flex ops {', '.join(info['flex_ops'])}, which device {device.name} cannot run "
                         "(allow_flex: false); convert without SELECT_TF_OPS")
@@ -87,10 +87,10 @@ def profile_model(
     threads = threads or device.threads
     timeout = device.budget.max_seconds * 3 + 300  # init, warmup and emulator start are not bounded by max_seconds
     where = f"{model.name} on {device.name}"
-    with tempfile.TemporaryDirectory(prefix="edge-pipeline-profile-") as tmp:
+    with procs.temp_dir("profile") as tmp:
         inputs = None
         if samples is not None and device.runtime.name != "benchmark_model":
-            inputs = Path(tmp) / "inputs.npy"
+            inputs = tmp / "inputs.npy"
             np.save(inputs, np.ascontiguousarray(samples, np.float32))
         # No spinner around opening the session: a first qemu use builds the emulator with its own.
         with transport.session(model, inputs) as session:

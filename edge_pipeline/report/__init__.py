@@ -1,12 +1,12 @@
-"""Reports: the stage-by-stage table (terminal, markdown, HTML) and topic sections."""
+"""Reports: one record model (`records`), one number format (`fmt`), sections of blocks (`doc`)
+rendered to the terminal, report.md and a self-contained report.html; `compare` across runs."""
 
+# Importing a section module registers it; `sections.SECTION_ORDER` alone decides the order.
+from . import devices_section, pruning_section, quantization_section, restructure_section, table  # noqa: F401
+from .doc import Section
+from .records import ModelRecord, stage_records
 from .render import print_table, write_reports
-from .sections import Section, register_section
-from .table import Row, build_rows
-# Sections appear in registration order: the pipeline's order.
-from . import restructure_section  # noqa: F401  (registers the "restructure" section)
-from . import pruning_section  # noqa: F401  (registers the "pruning" section)
-from . import quantization_section  # noqa: F401  (registers the "quantization" section)
-from . import devices_section  # noqa: F401  (registers the "devices" section)
+from .sections import SECTION_ORDER, build_sections, register_section
 
-__all__ = ["Row", "Section", "build_rows", "print_table", "register_section", "write_reports"]
+__all__ = ["SECTION_ORDER", "ModelRecord", "Section", "build_sections", "print_table", "register_section",
+           "stage_records", "write_reports"]

@@ -1,252 +1,164 @@
 """Compare device profiles side by side: device x model table, fastest/smallest per device, plots.
 
-Input paths are profile JSON files (`profiles/<device>__<model>.json`) or run dirs (their
-`metrics.json` names the profiles and gives each TFLite file's stage, precision and accuracy).
-A profile file inside a run's `profiles/` folder picks up the same facts from that run.
+Input paths are profile JSON files (`profiles/<device>__<model>.json`), folders of them, or run
+folders (their `metrics.json` names the profiles and gives each TFLite file's stage, precision and
+accuracy). A profile file inside a run's profiles folder picks up the same facts from that run.
+The run report's Devices section shows the same table (`device_blocks`).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
 
+from ..artifacts import atomic_write_json, atomic_write_text
 from ..errors import UserError
+from ..rundir import PLOTS_DIR, RunDir
+from . import fmt
+from .doc import BAD, GOOD, Block, Bullets, Cell, Figure, Section, Table, blocks_markdown
+from .htmlpage import PageHeader, html_page
+from .plots import accuracy_vs_latency_plot, latency_plot
+from .records import FASTEST, SMALLEST, ModelRecord, build_record, facts_by_file, profile_records, read_profile, run_name
+from .terminal import print_rich
 
-FASTEST, SMALLEST = "fastest", "smallest"
+__all__ = ["FASTEST", "SMALLEST", "load_records", "mark_best", "print_compare", "write_compare"]
 
-
-@dataclass
-class Entry:
-    """One model on one device."""
-
-    device: str
-    model: str  # label shown in tables and plots (unique within a comparison)
-    file: str  # the model's file name
-    run: str | None = None
-    stage: str | None = None
-    precision: str | None = None
-    median_ms: float | None = None
-    p90_ms: float | None = None
-    std_ms: float | None = None
-    peak_mb: float | None = None
-    size_bytes: int | None = None
-    accuracy: float | None = None
-    valid: bool = True
-    emulated: bool = False
-    outputs_match: bool | None = None
-    sha256: str | None = None
-    marks: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+HEADERS = ["device", "model", "median ms", "p90 ms", "std ms", "peak MB", "size", "accuracy", "valid", "best"]
+EMULATED_NOTE = ("Emulated devices (qemu user mode): latency is only comparable between models on the same emulator, "
+                 "never as device time.")
+UNITS_NOTE = "Latency is per inference, batch 1; accuracy is top-1 on the run's held-out test split, where known."
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data
+def _profile_file_record(path: Path) -> ModelRecord:
+    """A profile file alone, or with the facts of the run whose profiles folder holds it."""
+    profile = read_profile(path)
+    run = RunDir.of_profile(path)
+    if run is None:
+        return build_record(None, profile)
+    metrics = run.read_metrics()
+    return build_record(facts_by_file(metrics).get(profile["model"]), profile, run_name(run, metrics))
 
 
-def _artifact_facts(run_dir: Path, metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """TFLite file name -> {stage, precision, accuracy, size_bytes} from a run's metrics.json."""
-    facts = {}
-    for entry in metrics.get("stages", []):
-        for art in entry.get("artifacts", []):
-            facts[Path(art["path"]).name] = {"stage": entry["name"], "precision": art.get("precision"),
-                                             "accuracy": art.get("accuracy"), "size_bytes": art.get("size_bytes")}
-    return facts
+def _folder_records(path: Path) -> list[ModelRecord]:
+    run = RunDir(path)
+    if run.is_run():
+        found = profile_records(run, run.read_metrics(), label_run=True)
+    else:
+        found = [build_record(None, read_profile(f)) for f in sorted(path.glob("*.json"))]
+    if not found:
+        raise UserError(f"{path}: no profiles here (a run dir with a profile stage, or a folder of profile JSON files)")
+    return found
 
 
-def entry_from_profile(profile: dict[str, Any], path: Path, run: str | None = None,
-                       facts: dict[str, dict[str, Any]] | None = None) -> Entry:
-    missing = [k for k in ("device", "model", "latency_ms") if k not in profile]
-    if missing:
-        raise UserError(f"{path}: not a profile file (missing {', '.join(missing)}); expected profiles/<device>__<model>.json")
-    lat = profile["latency_ms"] or {}
-    fact = (facts or {}).get(profile["model"], {})
-    check = profile.get("outputs_check") or {}
-    notes = list(profile.get("invalid_reasons") or [])
-    if check and not check.get("match", True):
-        notes.append("outputs differ from the host")
-    return Entry(
-        device=profile["device"], model=Path(profile["model"]).stem, file=profile["model"], run=run,
-        stage=fact.get("stage"), precision=fact.get("precision"), median_ms=lat.get("median"), p90_ms=lat.get("p90"),
-        std_ms=lat.get("std"), peak_mb=profile.get("peak_rss_mb"),
-        size_bytes=profile.get("model_size_bytes", fact.get("size_bytes")), accuracy=fact.get("accuracy"),
-        valid=bool(profile.get("valid", True)), emulated=bool(profile.get("emulated", False)),
-        outputs_match=check.get("match") if check else None, sha256=profile.get("model_sha256"), notes=notes,
-    )
-
-
-def _run_entries(run_dir: Path) -> list[Entry]:
-    metrics = _read_json(run_dir / "metrics.json")
-    facts = _artifact_facts(run_dir, metrics)
-    run = metrics.get("recipe") or run_dir.name
-    out = []
-    for stage in metrics.get("stages", []):
-        for rel in stage.get("profiles", []):
-            path = run_dir / rel
-            if not path.is_file():
-                raise UserError(f"{path}: listed in {run_dir / 'metrics.json'} but missing; rerun the recipe")
-            out.append(entry_from_profile(_read_json(path), path, run, facts))
-    return out
-
-
-def load_entries(paths: Iterable[str | Path]) -> list[Entry]:
-    entries: list[Entry] = []
+def load_records(paths: Iterable[str | Path]) -> list[ModelRecord]:
+    records: list[ModelRecord] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            if (path / "metrics.json").is_file():
-                found = _run_entries(path)
-            else:
-                files = sorted(path.glob("*.json"))
-                found = [entry_from_profile(_read_json(f), f) for f in files]
-            if not found:
-                raise UserError(f"{path}: no profiles here (a run dir with a profile stage, or a folder of profile JSON files)")
-            entries += found
+            records += _folder_records(path)
         elif path.is_file():
-            run_dir = path.parent.parent
-            facts, run = None, None
-            if path.parent.name == "profiles" and (run_dir / "metrics.json").is_file():
-                metrics = _read_json(run_dir / "metrics.json")
-                facts, run = _artifact_facts(run_dir, metrics), metrics.get("recipe") or run_dir.name
-            entries.append(entry_from_profile(_read_json(path), path, run, facts))
+            records.append(_profile_file_record(path))
         else:
             raise UserError(f"{path}: no such file or directory (give profile JSON files or run dirs)")
-    if not entries:
+    if not records:
         raise UserError("nothing to compare: give profile JSON files or run dirs")
-    _unique_labels(entries)
-    mark_best(entries)
-    return entries
+    unique_labels(records)
+    mark_best(records)
+    return records
 
 
-def _unique_labels(entries: list[Entry]) -> None:
+def unique_labels(records: list[ModelRecord]) -> None:
     """Prefix the run name when models from several runs share a file name; then a hash if still ambiguous."""
-    runs_per_model: dict[str, set] = {}
-    for e in entries:
-        runs_per_model.setdefault(e.model, set()).add(e.run)
-    for e in entries:
-        if len(runs_per_model[e.model]) > 1 and e.run:
-            e.model = f"{e.run}/{e.model}"
-    seen: dict[tuple[str, str], str | None] = {}
-    for e in entries:
-        key = (e.device, e.model)
-        if key in seen and seen[key] != e.sha256 and e.sha256:
-            e.model = f"{e.model}@{e.sha256[:8]}"
-        seen.setdefault(key, e.sha256)
+    runs_per_model: dict[str, set[str | None]] = {}
+    for r in records:
+        runs_per_model.setdefault(r.model, set()).add(r.run)
+    for r in records:
+        if len(runs_per_model[r.model]) > 1 and r.run:
+            r.model = f"{r.run}/{r.model}"
+    seen: dict[tuple[str | None, str], str | None] = {}
+    for r in records:
+        key = (r.device, r.model)
+        if key in seen and seen[key] != r.sha256 and r.sha256:
+            r.model = f"{r.model}@{r.sha256[:8]}"
+        seen.setdefault(key, r.sha256)
 
 
-def mark_best(entries: list[Entry]) -> None:
+def mark_best(records: list[ModelRecord]) -> None:
     """Per device: the fastest valid model (lowest median) and the smallest file."""
-    by_device: dict[str, list[Entry]] = {}
-    for e in entries:
-        e.marks = []
-        by_device.setdefault(e.device, []).append(e)
+    by_device: dict[str | None, list[ModelRecord]] = {}
+    for r in records:
+        r.marks = []
+        by_device.setdefault(r.device, []).append(r)
     for group in by_device.values():
-        timed = [e for e in group if e.valid and e.median_ms is not None] or [e for e in group if e.median_ms is not None]
-        if len(group) > 1 and timed:
-            min(timed, key=lambda e: e.median_ms).marks.append(FASTEST)
-        sized = [e for e in group if e.size_bytes is not None]
-        if len(group) > 1 and sized:
-            smallest = min(e.size_bytes for e in sized)
-            for e in sized:
-                if e.size_bytes == smallest:
-                    e.marks.append(SMALLEST)
+        if len(group) < 2:
+            continue
+        timed = [r for r in group if r.median_ms is not None]
+        trusted = [r for r in timed if r.valid is not False] or timed
+        if trusted:
+            min(trusted, key=lambda r: r.median_ms or 0.0).marks.append(FASTEST)
+        sizes = [r.size_bytes for r in group if r.size_bytes is not None]
+        for r in group:
+            if sizes and r.size_bytes == min(sizes):
+                r.marks.append(SMALLEST)
 
 
-HEADERS = ["device", "model", "median ms", "p90 ms", "std ms", "peak MB", "size", "accuracy", "valid", "best"]
+def sorted_records(records: list[ModelRecord]) -> list[ModelRecord]:
+    return sorted(records, key=lambda r: (r.device or "", r.median_ms if r.median_ms is not None else float("inf"), r.model))
 
 
-def _fmt(value: float | None, pattern: str) -> str:
-    return "-" if value is None else format(value, pattern)
+def _valid_cell(r: ModelRecord) -> Cell:
+    if r.valid is False:
+        return Cell("no: " + "; ".join(r.notes), BAD)
+    if r.outputs_match is False:
+        return Cell("yes; outputs differ from the host", BAD)
+    return Cell("yes")
 
 
-def cells(e: Entry) -> list[str]:
-    from .table import fmt_bytes
-
-    device = e.device + (" (emulated)" if e.emulated else "")
-    valid = "yes" if e.valid else "no: " + "; ".join(e.notes)
-    if e.valid and e.outputs_match is False:
-        valid = "yes; outputs differ from the host"
+def cells(r: ModelRecord) -> list[Cell]:
+    fastest = GOOD if FASTEST in r.marks else None
+    smallest = GOOD if SMALLEST in r.marks else None
     return [
-        device, e.model, _fmt(e.median_ms, ".3f"), _fmt(e.p90_ms, ".3f"), _fmt(e.std_ms, ".3f"), _fmt(e.peak_mb, ".1f"),
-        fmt_bytes(e.size_bytes), _fmt(e.accuracy * 100 if e.accuracy is not None else None, ".2f"), valid,
-        ", ".join(e.marks),
+        Cell((r.device or "-") + (" (emulated)" if r.emulated else "")), Cell(r.model),
+        Cell(fmt.ms(r.median_ms), fastest), Cell(fmt.ms(r.p90_ms)), Cell(fmt.ms(r.std_ms)), Cell(fmt.mb(r.peak_mb)),
+        Cell(fmt.size(r.size_bytes), smallest), Cell(fmt.pct(r.accuracy)), _valid_cell(r),
+        Cell(", ".join(r.marks), GOOD if r.marks else None),
     ]
 
 
-def sorted_entries(entries: list[Entry]) -> list[Entry]:
-    return sorted(entries, key=lambda e: (e.device, e.median_ms if e.median_ms is not None else float("inf"), e.model))
+def compare_table(records: list[ModelRecord]) -> Table:
+    return Table(HEADERS, [cells(r) for r in sorted_records(records)])
 
 
-def markdown_table(entries: list[Entry]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
-    for e in sorted_entries(entries):
-        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells(e)) + " |")
-    notes = []
-    if any(e.emulated for e in entries):
-        notes.append("- Emulated devices (qemu user mode): latency is only comparable between models on the same emulator, never as device time.")
-    notes.append("- Latency is per inference, batch 1; accuracy is top-1 on the run's held-out test split (%), where known.")
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+def print_compare(records: list[ModelRecord], title: str = "devices x models") -> None:
+    print_rich(compare_table(records), title)
 
 
-def print_compare(entries: list[Entry], title: str = "devices x models") -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, header_style="bold")
-    for header in HEADERS:
-        table.add_column(header, justify="left" if header in ("device", "model", "valid", "best") else "right")
-    for e in sorted_entries(entries):
-        row = cells(e)
-        if FASTEST in e.marks:
-            row[2] = f"[bold green]{row[2]}[/]"
-        if SMALLEST in e.marks:
-            row[6] = f"[bold green]{row[6]}[/]"
-        table.add_row(*row)
-    Console(width=200).print(table)
+def device_blocks(records: list[ModelRecord], plots_dir: Path | None, base: Path) -> list[Block]:
+    """The device x model table, its notes and (when `plots_dir` is given) its plots, paths relative to `base`."""
+    notes = ([EMULATED_NOTE] if any(r.emulated for r in records) else []) + [UNITS_NOTE]
+    blocks: list[Block] = [Bullets(notes), compare_table(records)]
+    if plots_dir is not None:
+        latency = latency_plot(records, plots_dir / "latency_by_device.png")
+        blocks.append(Figure(latency.relative_to(base).as_posix(), "latency_by_device"))
+        accuracy = accuracy_vs_latency_plot(records, plots_dir / "accuracy_vs_latency.png")
+        if accuracy is not None:
+            blocks.append(Figure(accuracy.relative_to(base).as_posix(), "accuracy_vs_latency"))
+    return blocks
 
 
-def write_plots(entries: list[Entry], plots_dir: Path) -> list[Path]:
-    from .plots import accuracy_vs_latency_plot, latency_plot
-
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    written = [latency_plot(entries, plots_dir / "latency_by_device.png")]
-    accuracy = accuracy_vs_latency_plot(entries, plots_dir / "accuracy_vs_latency.png")
-    if accuracy is not None:
-        written.append(accuracy)
-    return written
-
-
-def write_compare(entries: list[Entry], out_dir: Path, title: str = "Device comparison") -> dict[str, Path]:
-    """compare.md, report.html (plots embedded by relative path), compare.json and plots/*.png."""
-    from ..artifacts import atomic_write_json, atomic_write_text
-    from .render import _markdown_to_html
-    import html
-
+def write_compare(records: list[ModelRecord], out_dir: Path, title: str = "Device comparison") -> dict[str, Path]:
+    """compare.md, report.html (plots embedded), compare.json and plots/*.png in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = write_plots(entries, out_dir / "plots")
-    rel = [p.relative_to(out_dir).as_posix() for p in plots]
-    body = markdown_table(entries)
-    md = f"# {title}\n\n{body}\n" + "".join(f"![{Path(r).stem}]({r})\n" for r in rel)
-    atomic_write_text(out_dir / "compare.md", md)
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif}}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        "td:first-child,td:nth-child(2){text-align:left}img{max-width:100%}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{_markdown_to_html(body)}"
-        + "".join(f"<img src='{html.escape(r)}' alt='{html.escape(Path(r).stem)}'>" for r in rel)
-        + "</body></html>\n"
-    )
-    atomic_write_text(out_dir / "report.html", page)
-    atomic_write_json(out_dir / "compare.json", {"entries": [asdict(e) for e in sorted_entries(entries)]})
+    blocks = device_blocks(records, out_dir / PLOTS_DIR, out_dir)
+    section = Section("devices", "Devices x models", blocks)
+    atomic_write_text(out_dir / "compare.md", f"# {title}\n\n{blocks_markdown(blocks)}\n")
+    runs = sorted({r.run for r in records if r.run})
+    header = PageHeader(facts=[("written", datetime.now().strftime("%Y-%m-%d %H:%M")),
+                               ("runs", ", ".join(runs) or "-"), ("profiles", str(len(records)))])
+    atomic_write_text(out_dir / "report.html", html_page(title, [section], out_dir, header))
+    atomic_write_json(out_dir / "compare.json", {"entries": [asdict(r) for r in sorted_records(records)]})
+    figures = [out_dir / b.path for b in blocks if isinstance(b, Figure)]
     return {"markdown": out_dir / "compare.md", "html": out_dir / "report.html", "json": out_dir / "compare.json",
-            **{p.stem: p for p in plots}}
+            **{p.stem: p for p in figures}}

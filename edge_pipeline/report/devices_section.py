@@ -3,31 +3,17 @@ has a `profile` stage (e.g. `profile: {devices: [host, qemu-aarch64]}`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-from .sections import Section, register_section
+from .compare import device_blocks, mark_best, unique_labels
+from .doc import Section
+from .sections import ReportContext, register_section
 
 
 @register_section("devices")
-def devices_section(run_dir: Path, metrics: dict[str, Any]) -> Section | None:
-    from .compare import _artifact_facts, _unique_labels, entry_from_profile, mark_best, markdown_table, write_plots
-    import json
-
-    facts = _artifact_facts(run_dir, metrics)
-    entries = []
-    for stage in metrics.get("stages", []):
-        for rel in stage.get("profiles", []):
-            path = run_dir / rel
-            if path.is_file():
-                entries.append(entry_from_profile(json.loads(path.read_text()), path, None, facts))
-    if not entries:
+def devices_section(ctx: ReportContext) -> Section | None:
+    records = ctx.profile_records
+    if not records:
         return None
-    _unique_labels(entries)
-    mark_best(entries)
-    plots = write_plots(entries, run_dir / "plots")
-    return Section(
-        title="Devices",
-        markdown=markdown_table(entries),
-        images=[p.relative_to(run_dir).as_posix() for p in plots],
-    )
+    unique_labels(records)
+    mark_best(records)
+    plots_dir = ctx.run.plots_dir if ctx.plots else None
+    return Section("devices", "Devices", device_blocks(records, plots_dir, ctx.run.root))

@@ -3,99 +3,115 @@ cost, and which device runtimes load which file (from the export stage's details
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from .sections import Section, details_of, register_section
+from . import fmt
+from .doc import BAD, Block, Cell, Paragraph, Section, Table
+from .sections import ReportContext, register_section
 
 TOP_LAYERS = 5
+FIDELITY_HEADERS = ["precision", "accuracy", "drop (points)", "agreement", "cosine (min)", "max rel. error",
+                    "transposes", "size", "gate"]
+DIAGNOSIS_HEADERS = ["rank", "layer", "op", "added error", "error", "rel. RMSE", "cosine", "dtype", "match"]
+KEEP_FLOAT_HEADERS = ["int8 model", "accuracy", "agreement", "size", "host latency (ms, in-process)"]
+COMPATIBILITY_HEADERS = ["device", "precision", "runtime", "status", "how", "problem / fix"]
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.2f}"
+def _gate_cell(gates: dict[str, Any], precision: str) -> Cell:
+    """'pass', or the failures the export stage recorded (a list of reasons)."""
+    gate = gates.get(precision, fmt.DASH if precision == "float32" else "n/a")
+    return Cell(gate) if isinstance(gate, str) else Cell("FAIL: " + "; ".join(map(str, gate)), BAD)
 
 
-def fidelity_table(details: dict[str, Any]) -> list[str]:
+def fidelity_table(details: dict[str, Any]) -> Table:
     float_accuracy = details.get("float_accuracy")
     gates = (details.get("gates") or {}).get("results", {})
-    lines = [
-        "| precision | accuracy | drop (points) | agreement | cosine (min) | max rel. error | transposes | size | gate |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for precision, facts in details.get("precisions", {}).items():
-        drop = "-" if float_accuracy is None else f"{(float_accuracy - facts['accuracy']) * 100:+.2f}"
-        gate = gates.get(precision, "-" if precision == "float32" else "n/a")
-        gate = gate if isinstance(gate, str) else "FAIL"
-        lines.append(
-            f"| {precision} | {_pct(facts['accuracy'])} | {drop} | {_pct(facts['agreement'])} | "
-            f"{facts['cosine_mean']:.5f} ({facts['cosine_min']:.5f}) | {facts['max_rel_error']:.2e} | "
-            f"{facts['transposes']} | {facts['size_bytes'] / 1024:.1f} KB | {gate} |"
-        )
-    return lines
+        drop = None if float_accuracy is None else float_accuracy - facts["accuracy"]
+        rows.append([
+            precision, fmt.pct(facts["accuracy"]), fmt.points(drop), fmt.pct(facts.get("agreement")),
+            f"{fmt.number(facts.get('cosine_mean'), '.5f')} ({fmt.number(facts.get('cosine_min'), '.5f')})",
+            fmt.number(facts.get("max_rel_error"), ".2e"), str(facts.get("transposes", fmt.DASH)),
+            fmt.size(facts.get("size_bytes")), _gate_cell(gates, precision),
+        ])
+    return Table(FIDELITY_HEADERS, rows)
 
 
-def diagnosis_lines(diagnosis: dict[str, Any]) -> list[str]:
-    from ..convert.diagnose import format_table
+def diagnosis_table(ranked: list[dict[str, Any]]) -> Table:
+    return Table(DIAGNOSIS_HEADERS, [
+        [str(rank), r["layer"], r["op"], fmt.number(r["added"], ".4f"), fmt.number(r["error"], ".4f"),
+         fmt.number(r["rel_rmse"], ".4f"), fmt.number(r["cosine"], ".4f"), r["quant_dtype"], r["method"]]
+        for rank, r in enumerate(ranked, start=1)
+    ])
 
-    lines = []
+
+def diagnosis_blocks(diagnosis: dict[str, Any]) -> list[Block]:
+    blocks: list[Block] = []
     for precision, diag in diagnosis.items():
         if "error" in diag:
-            lines += ["", f"**{precision}**: diagnosis unavailable ({diag['error']})"]
+            blocks.append(Paragraph(f"**{precision}**: diagnosis unavailable ({diag['error']})"))
             continue
-        lines += [
-            "", f"**{precision}** vs float32 on {diag['samples']} test inputs: {diag['matched']} of {diag['float_ops']} "
-            f"float ops matched ({', '.join(f'{k}: {v}' for k, v in diag['methods'].items())}), "
-            f"{'verified' if diag['verified'] else 'NOT verified: ' + '; '.join(diag['notes'])}. "
-            "Ranked by the error each layer adds (mean per-channel relative RMSE).", "",
-            format_table(diag["ranked"][:TOP_LAYERS]),
+        methods = ", ".join(f"{k}: {v}" for k, v in diag["methods"].items())
+        verified = "verified" if diag["verified"] else "NOT verified: " + "; ".join(diag["notes"])
+        blocks += [
+            Paragraph(f"**{precision}** vs float32 on {diag['samples']} test inputs: {diag['matched']} of {diag['float_ops']} "
+                      f"float ops matched ({methods}), {verified}. Ranked by the error each layer adds "
+                      "(mean per-channel relative RMSE)."),
+            diagnosis_table(diag["ranked"][:TOP_LAYERS]),
         ]
-    return lines
+    return blocks
 
 
-def keep_float_lines(cost: dict[str, Any]) -> list[str]:
+def _keep_float_row(label: str, facts: dict[str, Any]) -> list[str]:
+    return [label, fmt.pct(facts["accuracy"]), fmt.pct(facts.get("agreement")), fmt.size(facts.get("size_bytes")),
+            fmt.ms(facts.get("host_latency_ms"), digits=4)]
+
+
+def keep_float_blocks(cost: dict[str, Any]) -> list[Block]:
     full, mixed = cost["full_int8"], cost["mixed"]
+    layers = ", ".join(cost["layers"])
     if "error" in full:
-        return ["", f"Kept in float in the int8 model: {', '.join(cost['layers'])}. The full integer model does not "
-                    f"load ({full['error']}); with float layers: accuracy {_pct(mixed['accuracy'])} %, "
-                    f"host latency {mixed['host_latency_ms']:.4f} ms."]
+        return [Paragraph(f"Kept in float in the int8 model: {layers}. The full integer model does not load "
+                          f"({full['error']}); with float layers: accuracy {fmt.pct(mixed['accuracy'])}, "
+                          f"host latency {fmt.ms(mixed['host_latency_ms'], digits=4)} ms.")]
     return [
-        "", f"Kept in float in the int8 model: {', '.join(cost['layers'])} ({cost['denylisted_tensors']} tensors stay float).", "",
-        "| int8 model | accuracy | agreement | size | host latency (ms, in-process) |",
-        "|---|---|---|---|---|",
-        f"| full integer ({cost['full_int8_file']}) | {_pct(full['accuracy'])} | {_pct(full['agreement'])} | "
-        f"{full['size_bytes'] / 1024:.1f} KB | {full['host_latency_ms']:.4f} |",
-        f"| with float layers | {_pct(mixed['accuracy'])} | {_pct(mixed['agreement'])} | "
-        f"{mixed['size_bytes'] / 1024:.1f} KB | {mixed['host_latency_ms']:.4f} |",
-        "", f"Accuracy gain {cost['accuracy_gain'] * 100:+.2f} points for x{cost['latency_ratio']:.2f} host latency.",
+        Paragraph(f"Kept in float in the int8 model: {layers} ({cost['denylisted_tensors']} tensors stay float)."),
+        Table(KEEP_FLOAT_HEADERS, [_keep_float_row(f"full integer ({cost['full_int8_file']})", full),
+                                   _keep_float_row("with float layers", mixed)]),
+        Paragraph(f"Accuracy gain {fmt.points(cost['accuracy_gain'])} points for x{cost['latency_ratio']:.2f} host latency."),
     ]
 
 
-def compatibility_lines(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["", "| device | precision | runtime | status | how | problem / fix |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        problems = "; ".join(f"{p['op']}{' v' + str(p['version']) if p['version'] else ''}: {p['reason']}" for p in r["problems"])
-        note = f"{problems}. Fix: {r['fix']}" if problems else r.get("detail", "")
-        lines.append(f"| {r['device']} | {r['precision']} | {r['runtime']} {r['version'] or ''} | {r['status']} | {r['method']} | {note} |")
-    return lines
+def _compatibility_row(r: dict[str, Any]) -> list[str | Cell]:
+    problems = "; ".join(f"{p['op']}{' v' + str(p['version']) if p.get('version') else ''}: {p['reason']}" for p in r["problems"])
+    note = f"{problems}. Fix: {r['fix']}" if problems else r.get("detail", "")
+    status = Cell(r["status"], BAD if r["status"] == "incompatible" else None)
+    return [r["device"], r["precision"], f"{r['runtime']} {r.get('version') or ''}".strip(), status, r["method"], note]
+
+
+def compatibility_table(rows: list[dict[str, Any]]) -> Table:
+    return Table(COMPATIBILITY_HEADERS, [_compatibility_row(r) for r in rows])
+
+
+def export_blocks(entry: dict[str, Any], details: dict[str, Any]) -> list[Block]:
+    blocks: list[Block] = [
+        Paragraph(f"Stage **{entry['name']}**: float (torch) accuracy {fmt.pct(details.get('float_accuracy'))}; "
+                  f"ONNX vs torch relative error {fmt.number(details.get('onnx_vs_torch_rel_error'), '.2e')}."),
+        fidelity_table(details),
+    ]
+    for precision, ops in (details.get("float_fallback") or {}).items():
+        blocks.append(Paragraph(f"{precision}: {', '.join(ops)} has no {precision} kernel in TFLite and stays float in that file."))
+    blocks += diagnosis_blocks(details.get("diagnosis", {}))
+    if details.get("keep_float"):
+        blocks += keep_float_blocks(details["keep_float"])
+    if details.get("compatibility"):
+        blocks += [Paragraph("Which device runtime loads which file:"), compatibility_table(details["compatibility"])]
+    return blocks
 
 
 @register_section("quantization")
-def quantization_section(run_dir: Path, metrics: dict[str, Any]) -> Section | None:
-    blocks = []
-    for entry, details in details_of(run_dir, metrics, "export"):
-        if not details.get("precisions"):
-            continue
-        lines = [f"Stage **{entry['name']}**: float (torch) accuracy {_pct(details.get('float_accuracy'))} %; "
-                 f"ONNX vs torch relative error {details.get('onnx_vs_torch_rel_error')}.", ""]
-        lines += fidelity_table(details)
-        for precision, ops in (details.get("float_fallback") or {}).items():
-            lines += ["", f"{precision}: {', '.join(ops)} has no {precision} kernel in TFLite and stays float in that file."]
-        lines += diagnosis_lines(details.get("diagnosis", {}))
-        if details.get("keep_float"):
-            lines += keep_float_lines(details["keep_float"])
-        if details.get("compatibility"):
-            lines += compatibility_lines(details["compatibility"])
-        blocks.append("\n".join(lines))
-    if not blocks:
-        return None
-    return Section("Quantization and conversion", "\n\n".join(blocks))
+def quantization_section(ctx: ReportContext) -> Section | None:
+    blocks = [b for entry, details in ctx.details_of("export") if details.get("precisions")
+              for b in export_blocks(entry, details)]
+    return Section("quantization", "Quantization and conversion", blocks) if blocks else None

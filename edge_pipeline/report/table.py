@@ -1,101 +1,59 @@
-"""One row per model a run produced: every model stage, then every exported file on every device."""
+"""The stage table (one row per model the run produced: every model stage, then every exported file
+on every device it was profiled on) and the stage timings: the report's first two sections."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-
-@dataclass
-class Row:
-    stage: str
-    kind: str  # "torch" or the TFLite precision
-    status: str
-    accuracy: float | None = None
-    params: int | None = None
-    macs: int | None = None
-    size_bytes: int | None = None
-    device: str | None = None
-    median_ms: float | None = None
-    p90_ms: float | None = None
-    peak_mb: float | None = None
-    valid: bool | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-def _load_profiles(run_dir: Path, entries: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Profiles keyed by model file name."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for entry in entries:
-        for rel in entry.get("profiles", []):
-            path = run_dir / rel
-            if path.is_file():
-                profile = json.loads(path.read_text())
-                out.setdefault(profile["model"], []).append(profile)
-    return out
-
-
-def build_rows(run_dir: Path, metrics: dict[str, Any]) -> list[Row]:
-    entries = metrics["stages"]
-    profiles = _load_profiles(run_dir, entries)
-    rows: list[Row] = []
-    for entry in entries:
-        if "model" in entry:
-            m = entry["model"]
-            rows.append(Row(entry["name"], "torch fp32", entry["status"], m["accuracy"], m["params"], m["macs"], m["size_bytes"]))
-        for art in entry.get("artifacts", []):
-            name = Path(art["path"]).name
-            base = dict(stage=entry["name"], kind=f"tflite {art['precision']}", status=entry["status"],
-                        accuracy=art.get("accuracy"), size_bytes=art["size_bytes"])
-            if art.get("ops", {}).get("TRANSPOSE"):
-                base_notes = [f"{art['ops']['TRANSPOSE']} TRANSPOSE"]
-            else:
-                base_notes = []
-            device_profiles = profiles.get(name) or [None]
-            for profile in device_profiles:
-                row = Row(**base, notes=list(base_notes))
-                if profile:
-                    row.device = profile["device"]
-                    row.median_ms = profile["latency_ms"]["median"]
-                    row.p90_ms = profile["latency_ms"]["p90"]
-                    row.peak_mb = profile["peak_rss_mb"]
-                    row.valid = profile["valid"]
-                    if not profile["valid"]:
-                        row.notes.append("invalid: " + "; ".join(profile["invalid_reasons"]))
-                rows.append(row)
-    return rows
-
-
-def fmt_count(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
-
-
-def fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, div in (("MB", 1 << 20), ("KB", 1 << 10)):
-        if n >= div:
-            return f"{n / div:.1f} {unit}"
-    return f"{n} B"
-
-
-def fmt(value: float | None, pattern: str) -> str:
-    return "-" if value is None else format(value, pattern)
-
+from . import fmt
+from .doc import BAD, Block, Cell, Paragraph, Section, Table
+from .plots import stages_plot
+from .records import ModelRecord
+from .sections import ReportContext, register_section
 
 HEADERS = ["stage", "model", "status", "accuracy", "params", "MACs", "size", "device", "median ms", "p90 ms", "peak MB", "notes"]
 
 
-def cells(row: Row) -> list[str]:
+def _notes(r: ModelRecord) -> str:
+    notes = [f"{r.transposes} TRANSPOSE"] if r.transposes else []
+    if r.valid is False:
+        notes.append("invalid: " + "; ".join(r.notes))
+    else:
+        notes += r.notes
+    return "; ".join(notes)
+
+
+def cells(r: ModelRecord) -> list[Cell]:
+    untrusted = BAD if r.valid is False else None
     return [
-        row.stage, row.kind, row.status, fmt(row.accuracy * 100 if row.accuracy is not None else None, ".2f"),
-        fmt_count(row.params), fmt_count(row.macs), fmt_bytes(row.size_bytes), row.device or "-",
-        fmt(row.median_ms, ".3f"), fmt(row.p90_ms, ".3f"), fmt(row.peak_mb, ".1f"), "; ".join(row.notes),
+        Cell(r.stage or fmt.DASH), Cell(r.kind), Cell(r.status or fmt.DASH), Cell(fmt.pct(r.accuracy)),
+        Cell(fmt.count(r.params)), Cell(fmt.count(r.macs)), Cell(fmt.size(r.size_bytes)), Cell(r.device or fmt.DASH),
+        Cell(fmt.ms(r.median_ms), untrusted), Cell(fmt.ms(r.p90_ms), untrusted), Cell(fmt.mb(r.peak_mb)),
+        Cell(_notes(r), untrusted if r.notes else None),
     ]
+
+
+def stage_table(records: list[ModelRecord]) -> Table:
+    return Table(HEADERS, [cells(r) for r in records])
+
+
+@register_section("models")
+def models_section(ctx: ReportContext) -> Section | None:
+    records = ctx.stage_records
+    if not records:
+        return None
+    blocks: list[Block] = [
+        Paragraph("Every model the run produced: accuracy is top-1 on the held-out test split; latency is per "
+                  "inference, batch 1 (median and 90th percentile of the profile runs)."),
+        stage_table(records),
+    ]
+    if ctx.plots:
+        blocks += ctx.figure(stages_plot(records, ctx.plot_path("stages.png")), "accuracy and size per stage")
+    return Section("models", "Models", blocks)
+
+
+@register_section("stages")
+def stages_section(ctx: ReportContext) -> Section | None:
+    rows = [
+        [str(e.get("name", fmt.DASH)), str(e.get("type", fmt.DASH)), str(e.get("status", fmt.DASH)), fmt.seconds(e.get("seconds"))]
+        for e in ctx.metrics["stages"]
+    ]
+    return Section("stages", "Stages", [Table(["stage", "type", "status", "time"], rows)]) if rows else None

@@ -1,7 +1,13 @@
-"""Built-in stages, registered by their recipe key (importing this package registers them)."""
+"""Built-in stages, registered by their recipe key (importing this package registers them).
+
+They register in pipeline order, which `edge-pipeline stages` shows: the imports below are in that
+order on purpose (hence the isort markers).
+"""
 
 from .base import STAGES, Stage, StageConfig, register_stage
-# In pipeline order: `edge-pipeline stages` lists them in registration order.
+
+# isort: off
 from . import train, restructure, prune, finetune, quantize, export, profile  # noqa: F401  (registration)
+# isort: on
 
 __all__ = ["STAGES", "Stage", "StageConfig", "register_stage"]

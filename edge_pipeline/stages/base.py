@@ -1,32 +1,27 @@
 """What every stage is: a typed config (the recipe's mapping under its key) and a `run`.
 
-Stage modules import only pydantic at top level, so `validate` and `--help` stay fast; torch and
-tensorflow are imported inside `run`.
+A built-in stage is two modules: `stages/<type>.py` (the config, cross-stage checks and cache-key
+inputs; pydantic only, so `validate` and `--help` stay fast) and `stages/runners/<type>.py` (the work,
+importing torch and friends at top level), which `Stage.run` imports only when the stage runs.
 """
 
 from __future__ import annotations
 
+import builtins
+import importlib
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..registry import Registry
+from ..schema import NAME_MAX_LENGTH, NAME_PATTERN, Strict, config_dump
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..pipeline import StageContext, StageResult
-
-NAME_PATTERN = r"^[a-z][a-z0-9_\-]*$"
-
-
-class Strict(BaseModel):
-    """Base for every config block: unknown keys are errors, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
+    from .context import StageContext, StageResult
 
 class StageConfig(Strict):
     name: str | None = Field(
-        None, pattern=NAME_PATTERN, description="Stage name, needed when a stage type appears twice."
+        None, pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH, description="Stage name, needed when a stage type appears twice."
     )
 
 
@@ -38,7 +33,8 @@ class Stage:
     """A pipeline stage. Subclasses set `type`, `Config`, `produces` and implement `run`."""
 
     type: ClassVar[str]
-    Config: ClassVar[type[StageConfig]]
+    # `builtins.type`: in this class body the name `type` is the ClassVar above.
+    Config: ClassVar[builtins.type[StageConfig]]
     produces: ClassVar[Produces]
     # The kinds of upstream output this stage needs (checked when the recipe is validated).
     needs: ClassVar[tuple[Produces, ...]] = ()
@@ -46,7 +42,7 @@ class Stage:
     def __init__(self, config: StageConfig) -> None:
         self.config = config
 
-    def check(self, index: int, earlier: list[tuple[str, "Stage"]]) -> list[tuple[tuple, str]]:
+    def check(self, index: int, earlier: list[tuple[str, Stage]]) -> list[tuple[tuple, str]]:
         """Cross-stage checks on the recipe; return (loc relative to the stage body, message)."""
         return []
 
@@ -55,8 +51,10 @@ class Stage:
         device files); JSON-safe, and part of the stage's cache key."""
         return {}
 
-    def run(self, ctx: "StageContext") -> "StageResult":  # pragma: no cover - abstract
-        raise NotImplementedError
+    def run(self, ctx: StageContext) -> StageResult:
+        """Import the stage's run module (`stages/runners/<type>.py`) and call its `run(stage, ctx)`."""
+        module = importlib.import_module(f"{__package__}.runners.{self.type}")
+        return module.run(self, ctx)
 
 
 STAGES: Registry[type[Stage]] = Registry("stage")
@@ -67,6 +65,4 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
     return cls
 
 
-def config_dump(config: BaseModel) -> dict[str, Any]:
-    """Canonical, JSON-safe form of a config (used for cache keys and the resolved recipe)."""
-    return config.model_dump(mode="json")
+__all__ = ["NAME_PATTERN", "Strict", "config_dump", "STAGES", "Stage", "StageConfig", "register_stage"]

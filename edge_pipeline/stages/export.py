@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from ..errors import UserError
+from ..profiling.devices import get_device
 from .base import Stage, StageConfig, register_stage
 
 Precision = Literal["float32", "float16", "dynamic_int8", "int8", "int16x8"]
@@ -38,13 +40,11 @@ class ExportConfig(StageConfig):
 class ExportStage(Stage):
     type = "export"
     Config = ExportConfig
+    config: ExportConfig
     produces = "tflite"
     needs = ("model",)
 
     def check(self, index, earlier):
-        from ..errors import UserError
-        from ..profiling.devices import get_device
-
         problems = []
         for i, name in enumerate(self.config.target_devices or []):
             try:
@@ -53,215 +53,9 @@ class ExportStage(Stage):
                 problems.append((("target_devices", i), str(exc)))
         return problems
 
-    def run(self, ctx):
-        import numpy as np
-
-        from ..convert.nhwc import fold_flatten_linear
-        from ..convert.onnx_export import compare_onnx_to_torch, export_onnx
-        from ..convert.tflite_convert import run_conversion
-        from ..errors import PipelineError
-        from ..evaluation import predict
-        from ..pipeline import StageResult
-        from ..ui import console
-
-        cfg, data, out = self.config, ctx.data, ctx.out_dir
-        module = ctx.load_model().module.eval()
-        onnx_path = out / "model.onnx"
-        exported, folded = fold_flatten_linear(module, data.input_shape)
-        rewrites = export_onnx(exported, data.input_shape, onnx_path, cfg.opset, getattr(exported, "export_scopes", None))
-        onnx_error = compare_onnx_to_torch(module, onnx_path, data.sample("test", 16).numpy(), cfg.onnx_tolerance)
-
-        plan, calibration = self._plan(ctx)
-        precisions = ["float32"] + [m for m in plan.get("modes", []) if m != "float32"]
-        mean, std = np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32)
-        samples = calibration if calibration is not None else data.sample("train", 20).permute(0, 2, 3, 1).numpy()
-        conversion = run_conversion(
-            onnx_path, out, precisions, samples * std + mean, calibration,
-            io_type=plan.get("io_type", "int8"), per_channel=plan.get("per_channel", True),
-            keep_float=plan.get("keep_float"), auto_keep_float=plan.get("auto_keep_float", 0),
-            diagnose_samples=plan.get("diagnose_samples", 32),
-            log_path=ctx.run_dir / "logs" / f"{ctx.spec.dirname}-convert.log", timeout=cfg.timeout_s,
-        )
-        if conversion.failed:
-            raise PipelineError("export: " + "; ".join(
-                f"{p} could not be converted ({message}): drop it from quantize.mode" for p, message in conversion.failed.items()
-            ) + f"; full log: {ctx.run_dir / 'logs' / f'{ctx.spec.dirname}-convert.log'}")
-        for precision, ops in conversion.float_fallback.items():
-            console.print(f"  [yellow]{precision}: {', '.join(ops)} has no {precision} kernel; kept in float[/]")
-        logits, labels = predict(module, data.loader("test", batch_size=256))
-        reference = logits.numpy()
-        float_accuracy = float((reference.argmax(1) == labels.numpy()).mean())
-        details: dict[str, Any] = {
-            "onnx_vs_torch_rel_error": float(f"{onnx_error:.3e}"), "flatten_linear_folded": folded,
-            **rewrites,
-            "float_accuracy": round(float_accuracy, 6), "conversion_seconds": conversion.seconds, "precisions": {},
-            "float_fallback": conversion.float_fallback,
-        }
-        targets = self._targets(ctx.recipe, ctx.spec.index)
-        artifacts = [self._evaluate(ctx, p, conversion.files[p], reference, details, targets) for p in precisions]
-        inputs = data.sample("test", plan.get("diagnose_samples", 32)).permute(0, 2, 3, 1).numpy()
-        details["diagnosis"] = self._diagnose(conversion.files, precisions, inputs, onnx_path)
-        if conversion.selective:
-            details["keep_float"] = self._keep_float_cost(ctx, conversion, reference, details)
-        details["gates"] = self._gates(ctx, plan, precisions, float_accuracy, details)
-        details["compatibility"] = self._compatibility(conversion.files, precisions, targets)
-        details["bundle"] = self._bundle(ctx, plan, conversion.files, precisions, details)
-        return StageResult(metrics={"artifacts": artifacts}, details=details)
 
     # -- steps -------------------------------------------------------------------------------------
 
-    def _plan(self, ctx):
-        import numpy as np
-
-        from ..artifacts import read_json
-        from .quantize import CALIBRATION_FILE, PLAN_FILE
-
-        if not any(s.stage.produces == "calibration" for s in ctx.recipe.stages[: ctx.spec.index]):
-            return {}, None
-        calib_dir = ctx.stage_dir(ctx.upstream("calibration").name)
-        return read_json(calib_dir / PLAN_FILE), np.load(calib_dir / CALIBRATION_FILE)
-
-    def _evaluate(self, ctx, precision: str, path, reference, details, targets) -> dict[str, Any]:
-        """Inspect and evaluate one file; the float32 file must match torch; Flex ops only for a
-        device that allows them."""
-        from ..convert.compat import ensure_loadable
-        from ..convert.fidelity import fidelity, tflite_logits
-        from ..convert.inspect import inspect_tflite
-        from ..errors import PipelineError, UserError
-
-        info = inspect_tflite(path)
-        if info["flex_ops"] and not any(device.allow_flex for device, _ in targets):
-            raise PipelineError(
-                f"export: {path.name} needs Flex (SELECT_TF_OPS) ops {', '.join(info['flex_ops'])}, which TFLite runtimes "
-                "without the TensorFlow delegate cannot run; replace the layers that need them (see `edge-pipeline inspect "
-                f"{path.name}`), or deploy to a device with `allow_flex: true`"
-            )
-        try:
-            ensure_loadable(path)  # in a subprocess first: a broken file must not crash this process
-        except UserError as exc:
-            raise PipelineError(
-                f"export: {exc}; drop this precision from quantize.mode, or keep the failing layers in float"
-            ) from None
-        facts = fidelity(*tflite_logits(path, ctx.data), reference)
-        if precision == "float32" and facts["max_rel_error"] > self.config.float_tolerance:
-            raise PipelineError(
-                f"export: float32 TFLite differs from torch by {facts['max_rel_error']:.2e} (relative max-abs), "
-                f"above float_tolerance {self.config.float_tolerance:.0e}; inspect {path.name} ops {info['ops']}"
-            )
-        details["precisions"][precision] = {
-            **facts, "file": path.name, "size_bytes": info["size_bytes"], "transposes": info["transposes"],
-            "op_versions": info["op_versions"], "inputs": info["inputs"], "outputs": info["outputs"],
-            "flex_ops": info["flex_ops"], "min_runtime_version": info["min_runtime_version"],
-        }
-        return {  # exactly DESIGN.md's artifact keys
-            "format": "tflite", "precision": precision, "path": f"{ctx.spec.dirname}/{path.name}",
-            "size_bytes": info["size_bytes"], "accuracy": facts["accuracy"], "ops": info["ops"],
-        }
-
-    def _diagnose(self, files, precisions, inputs, onnx_path) -> dict[str, Any]:
-        """Per-layer comparison of every reduced file with the float32 file (a failure is a note)."""
-        from ..convert.diagnose import diagnose
-        from ..errors import EdgePipelineError
-        from ..ui import status_line
-
-        out = {}
-        for precision in precisions[1:]:
-            with status_line(f"diagnosing {files[precision].name} layer by layer"):
-                try:
-                    out[precision] = diagnose(files["float32"], files[precision], inputs, onnx_path).to_dict(top=10)
-                except (EdgePipelineError, ValueError, RuntimeError) as exc:
-                    out[precision] = {"error": str(exc)}
-        return out
-
-    def _keep_float_cost(self, ctx, conversion, reference, details) -> dict[str, Any]:
-        """What keeping layers in float bought (accuracy) and cost (size, host latency) vs full int8."""
-        from ..convert.compat import ensure_loadable
-        from ..convert.fidelity import fidelity, tflite_logits
-        from ..convert.runtime import median_latency_ms
-        from ..errors import UserError
-        from ..ui import console, status_line
-
-        sel = conversion.selective
-        full, mixed_path = sel["full_int8"], conversion.files["int8"]
-        mixed = details["precisions"]["int8"]
-        cost = {
-            "layers": sel["layers"], "denylisted_tensors": len(sel["denylisted_tensors"]),
-            "auto_ranked": sel.get("auto_ranked", []), "full_int8_file": full.name,
-            "mixed": {"accuracy": mixed["accuracy"], "agreement": mixed["agreement"], "size_bytes": mixed["size_bytes"]},
-        }
-        try:
-            ensure_loadable(full)
-        except UserError as exc:  # the plain int8 model may be the broken one: that is why layers stay float
-            cost["full_int8"] = {"error": str(exc), "size_bytes": full.stat().st_size}
-            cost["mixed"]["host_latency_ms"] = round(median_latency_ms(mixed_path, runs=100), 4)
-            console.print(f"  keep_float {', '.join(sel['layers'])}: the full int8 model does not load; the mixed one does")
-            return cost
-        full_facts = fidelity(*tflite_logits(full, ctx.data), reference)
-        with status_line("timing int8 with and without float layers"):
-            # Interleaved, so both see the same machine load.
-            times = {"full": [], "mixed": []}
-            for _ in range(3):
-                times["full"].append(median_latency_ms(full, runs=100))
-                times["mixed"].append(median_latency_ms(mixed_path, runs=100))
-        cost["full_int8"] = {"accuracy": full_facts["accuracy"], "agreement": full_facts["agreement"],
-                             "size_bytes": full.stat().st_size, "host_latency_ms": round(min(times["full"]), 4)}
-        cost["mixed"]["host_latency_ms"] = round(min(times["mixed"]), 4)
-        cost["accuracy_gain"] = round(cost["mixed"]["accuracy"] - cost["full_int8"]["accuracy"], 6)
-        cost["latency_ratio"] = round(cost["mixed"]["host_latency_ms"] / max(cost["full_int8"]["host_latency_ms"], 1e-9), 3)
-        console.print(
-            f"  keep_float {', '.join(sel['layers'])}: accuracy {cost['full_int8']['accuracy']:.2%} -> "
-            f"{cost['mixed']['accuracy']:.2%}, host latency x{cost['latency_ratio']:.2f}"
-        )
-        return cost
-
-    def _gates(self, ctx, plan, precisions, float_accuracy, details) -> dict[str, Any]:
-        from ..artifacts import atomic_write_json
-        from ..errors import PipelineError
-
-        gates = plan.get("gates") or {}
-        results = {}
-        for precision in precisions[1:]:
-            failures = gate_failures(details["precisions"][precision], float_accuracy, gates)
-            results[precision] = failures or "pass"
-            if failures:
-                diagnosis = details["diagnosis"].get(precision, {})
-                log = ctx.run_dir / "logs" / f"{ctx.spec.dirname}-diagnosis-{precision}.json"
-                atomic_write_json(log, {"gate_failures": failures, "diagnosis": diagnosis, "fidelity": details["precisions"][precision]})
-                worst = ", ".join(f"{r['layer']} ({r['op']}, added error {r['added']:.3f})" for r in diagnosis.get("ranked", [])[:3])
-                more = plan.get("auto_keep_float", 0) + 1
-                hint = f"quantize.auto_keep_float: {more} (or keep_float: [layer])" if precision == "int8" else "another precision"
-                raise PipelineError(
-                    f"export: {precision} fails the quantization gate: {'; '.join(failures)}. "
-                    f"Worst layers: {worst or 'diagnosis unavailable'}. Try {hint}; details: {log}"
-                )
-        return {**gates, "results": results}
-
-    def _compatibility(self, files, precisions, targets) -> list[dict[str, Any]]:
-        """Every file the profile stages will deploy, against each device's runtime (real load where
-        the runtime is installed here). Flex ops or ops the runtime lacks stop the run."""
-        from ..convert.compat import check_device
-        from ..errors import PipelineError
-        from ..ui import console, status_line
-
-        rows, failures = [], []
-        for device, wanted in targets:
-            results = {}
-            for precision in precisions:
-                if wanted and precision not in wanted:
-                    continue
-                with status_line(f"checking {files[precision].name} on {device.name}'s runtime"):
-                    results[precision] = check_device(files[precision], device)
-            loads = [p for p in precisions if p in results and results[p].status == "ok"]
-            for precision, result in results.items():
-                rows.append({**result.to_dict(), "device": device.name, "precision": precision, "model": files[precision].name})
-                if result.status == "unverified":
-                    console.print(f"  [yellow]{device.name}: {result.line()}[/]")
-                elif not result.ok:
-                    others = ", ".join(p for p in loads if p != precision) or "none of the exported precisions"
-                    failures.append(f"{device.name}: {result.line()} (loads there: {others})")
-        if failures:
-            raise PipelineError("export: device runtime check failed:\n" + "\n".join(failures))
-        return rows
 
     def key_inputs(self, recipe, index):
         """The target devices' runtimes and op rules: the compatibility check depends on them."""
@@ -272,7 +66,6 @@ class ExportStage(Stage):
     def _targets(self, recipe, index) -> list[tuple[Any, list[str] | None]]:
         """(DeviceProfile, precisions to deploy or None for all) from target_devices, or from the
         profile stages that profile this export."""
-        from ..profiling.devices import get_device
 
         if self.config.target_devices:
             return [(get_device(d), None) for d in self.config.target_devices]
@@ -284,46 +77,4 @@ class ExportStage(Stage):
                 targets += [(get_device(d), spec.config.precisions) for d in spec.config.devices]
         return targets
 
-    def _bundle(self, ctx, plan, files, precisions, details) -> dict[str, Any]:
-        import shutil
 
-        from .. import __version__
-        from ..artifacts import atomic_write_json, atomic_write_text, sha256_text
-
-        data, out = ctx.data, ctx.out_dir
-        primary = precisions[1] if len(precisions) > 1 else "float32"
-        shutil.copyfile(files[primary], out / BUNDLE_MODEL)
-        atomic_write_text(out / "labels.txt", "\n".join(data.class_names) + "\n")
-        atomic_write_json(out / "metadata.json", {
-            "model": BUNDLE_MODEL, "model_precision": primary, "onnx": "model.onnx", "labels": "labels.txt",
-            "input_shape": [1, data.image_size, data.image_size, data.in_channels], "layout": "NHWC",
-            "normalization": {
-                "mean": data.mean, "std": data.std,
-                "formula": "input = (x - mean) / std per channel, x in [0, 1] (pixel / 255 for 8-bit images), "
-                           "after resizing and center-cropping to the input size",
-            },
-            "class_names": data.class_names,
-            "files": {p: {"file": files[p].name, "dtype": details["precisions"][p]["inputs"][0]["dtype"],
-                          "input": details["precisions"][p]["inputs"][0], "output": details["precisions"][p]["outputs"][0]}
-                      for p in precisions},
-            "quantization": plan or None, "recipe": ctx.recipe.name,
-            "recipe_sha256": sha256_text(ctx.recipe.resolved_yaml()), "edge_pipeline": __version__,
-        })
-        return {"model.tflite": primary, "files": sorted(p.name for p in out.iterdir() if p.is_file())}
-
-
-def gate_failures(facts: dict[str, Any], float_accuracy: float, gates: dict[str, Any]) -> list[str]:
-    """Why a reduced file fails the recipe's gates (empty: it passes)."""
-    failures = []
-    drop_limit = gates.get("max_accuracy_drop")
-    if drop_limit is not None:
-        drop = float_accuracy - facts["accuracy"]
-        if drop > drop_limit + 1e-9:
-            failures.append(
-                f"accuracy {facts['accuracy']:.2%} is {drop * 100:.2f} points below float {float_accuracy:.2%} "
-                f"(max_accuracy_drop {drop_limit} = {drop_limit * 100:.2f} points)"
-            )
-    agreement_limit = gates.get("min_agreement")
-    if agreement_limit is not None and facts["agreement"] < agreement_limit - 1e-9:
-        failures.append(f"top-1 agreement with float {facts['agreement']:.2%} < min_agreement {agreement_limit:.2%}")
-    return failures

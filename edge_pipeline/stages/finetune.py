@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from ..compress.names import FeatureLoss, Objective
 from .base import Stage, Strict, register_stage
 from .train import TrainingConfig
 
@@ -26,7 +27,7 @@ class FeatureDistillConfig(Strict):
         description="`auto`: the last feature map at each spatial resolution (stage boundaries); a list of module "
         "names present in both models; or a mapping student name -> teacher name.",
     )
-    loss: Literal["mse", "cosine"] = Field("mse", description="mse: FitNets/TinyBERT; cosine: DistilBERT.")
+    loss: FeatureLoss = Field("mse", description="mse: FitNets/TinyBERT; cosine: DistilBERT.")
     weight: float = Field(1.0, ge=0, le=1000, description="Weight of the feature term in the loss.")
     adapter: Literal["auto", "always"] = Field(
         "auto", description="A learned 1x1 conv on the student side: when channel counts differ (auto) or always."
@@ -37,7 +38,7 @@ class DistillConfig(Strict):
     teacher: str = Field(description="An earlier model stage (e.g. train) or a saved model folder.")
     temperature: float = Field(4.0, gt=0, le=100)
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the soft KD term; 1 - alpha weighs the labels.")
-    objective: Literal["logits", "features", "logits+features"] = Field(
+    objective: Objective = Field(
         "logits", description="Default: logits, or logits+features when `features` is given."
     )
     features: FeatureDistillConfig | None = None
@@ -77,6 +78,7 @@ def checkpoint_folder(teacher: str) -> Path | None:
 class FinetuneStage(Stage):
     type = "finetune"
     Config = FinetuneConfig
+    config: FinetuneConfig
     produces = "model"
     needs = ("model",)
     distributed = True  # ranks > 0 of a distributed run train with the leader
@@ -91,65 +93,4 @@ class FinetuneStage(Stage):
         return [(("distill", "teacher"), f"{distill.teacher!r} is not an earlier model stage ({', '.join(models)}) "
                  "nor a folder with structure.json and model.safetensors")]
 
-    def run(self, ctx):
-        from ..compress.pruning.unstructured import keep_zeros, masks_from_edits
-        from ..pipeline import StageResult
-        from ..training import cross_entropy, fit
-        from .train import bn_regularizer
 
-        model = ctx.load_model()
-        cfg = self.config
-        details: dict[str, Any] = {"teacher": None}
-        extra, loss = [], cross_entropy(cfg.label_smoothing)
-        if cfg.distill:
-            loss, info = self._distill_loss(ctx, model.module)
-            extra = loss.parameters()
-            details.update(info)
-        masks = masks_from_edits(model.module, model.edits)
-        history = fit(model.module, ctx.data, cfg, ctx.seed, loss, ctx.spec.name, extra_params=extra,
-                      regularizer=bn_regularizer(cfg), after_step=keep_zeros(masks) if masks else None)
-        if cfg.distill:
-            details["final_terms"] = {k: round(v, 6) for k, v in loss.terms().items()}
-            loss.close()
-        if masks:
-            details["kept_zero_weights"] = sum(int((~m).sum()) for m in masks.values())
-        return StageResult(model, details={"history": history, **details})
-
-    def _distill_loss(self, ctx, student):
-        import torch
-
-        from ..artifacts import load_model
-        from ..compress.distill import DistillLoss, FeatureSpec, pair_layers
-        from ..errors import UserError
-
-        d = self.config.distill
-        where = f"stages[{ctx.spec.index}].finetune.distill"
-        folder = None
-        if d.teacher in [s.name for s in ctx.recipe.stages[: ctx.spec.index]]:
-            teacher = ctx.load_model(d.teacher).module
-        else:
-            folder = checkpoint_folder(d.teacher)
-            if folder is None:
-                raise UserError(f"{where}.teacher: {d.teacher!r} has no structure.json (a folder saved by edge-pipeline)")
-            teacher = load_model(folder).module
-        example = ctx.data.sample("train", 2)
-        with torch.no_grad():
-            t_out, s_out = teacher.eval()(example), student.eval()(example)
-        if t_out.shape != s_out.shape:
-            raise UserError(f"{where}.teacher: the teacher outputs {tuple(t_out.shape[1:])} per sample, the student "
-                            f"{tuple(s_out.shape[1:])}; distill from a model of the same task")
-        features = None
-        if d.features is not None:
-            try:
-                pairs = pair_layers(student, teacher, example, d.features.layers)
-            except ValueError as exc:
-                raise UserError(f"{where}.features.layers: {exc}") from None
-            features = FeatureSpec(pairs, d.features.loss, d.features.weight, d.features.adapter)
-        loss = DistillLoss(teacher, d.temperature, d.alpha, self.config.label_smoothing, d.objective, features,
-                           student, example)
-        info = {
-            "teacher": d.teacher, "teacher_folder": str(folder) if folder else None, "objective": d.objective,
-            "feature_pairs": [list(p) for p in features.pairs] if features else [],
-            "adapters": [type(a).__name__ for a in loss.adapters],
-        }
-        return loss, info

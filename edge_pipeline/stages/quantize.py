@@ -14,14 +14,13 @@ layers in float on request.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from .base import Stage, StageConfig, register_stage
 
-CALIBRATION_FILE = "calibration.npy"
-PLAN_FILE = "quantization.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 QuantMode = Literal["float16", "dynamic_int8", "int8", "int16x8"]
@@ -74,77 +73,22 @@ class QuantizeConfig(StageConfig):
 class QuantizeStage(Stage):
     type = "quantize"
     Config = QuantizeConfig
+    config: QuantizeConfig
     produces = "calibration"
     needs = ("model",)
 
     def check(self, index, earlier):
-        from pathlib import Path
-
         folder = self.config.calibration_dir
         if folder and not Path(folder).expanduser().is_dir():
             return [(("calibration_dir",), f"folder {folder!r} does not exist (relative paths start at the working dir)")]
         return []
 
-    def run(self, ctx):
-        import numpy as np
+    def key_inputs(self, recipe, index):
+        """The calibration images (names, sizes, mtimes): changing them reruns the stage."""
+        if not self.config.calibration_dir:
+            return {}
+        from ..data.identity import folder_fingerprint
 
-        from ..artifacts import atomic_write_json
-        from ..compress.calibrate import activation_ranges
-        from ..data import calibration_batch
-        from ..pipeline import StageResult
-        from ..ui import console
-
-        cfg = self.config
-        model = ctx.load_model()
-        if cfg.calibration_dir:
-            calib, source = folder_calibration(cfg.calibration_dir, ctx.data, cfg.calibration_samples, ctx.seed)
-        else:
-            calib = calibration_batch(ctx.data, cfg.calibration_samples, ctx.seed)  # NCHW, normalized
-            source = {"source": "train split (stratified by class)"}
-        np.save(ctx.out_dir / CALIBRATION_FILE, calib.permute(0, 2, 3, 1).contiguous().numpy().astype(np.float32))
-        ranges = activation_ranges(model.module, calib, batch_size=64)
-        outliers = sorted(ranges, key=lambda r: -r["outlier_ratio"])[:5]
-        plan = {
-            "modes": cfg.modes, "per_channel": cfg.per_channel, "io_type": cfg.io_type,
-            "keep_float": cfg.keep_float, "auto_keep_float": cfg.auto_keep_float,
-            "gates": {"max_accuracy_drop": cfg.max_accuracy_drop, "min_agreement": cfg.min_agreement},
-            "diagnose_samples": cfg.diagnose_samples,
-            "calibration": {**source, "samples": int(len(calib))}, "layout": "NHWC",
-            "model_stage": ctx.upstream("model").name,
-        }
-        atomic_write_json(ctx.out_dir / PLAN_FILE, plan)
-        worst = ", ".join(f"{r['layer']} ({r['outlier_ratio']:.1f}x)" for r in outliers[:3])
-        console.print(f"  quantize: {len(calib)} calibration samples ({source['source']}); widest activation ranges: {worst}")
-        return StageResult(details={"plan": plan, "activation_ranges": ranges, "outliers": outliers})
+        return {"calibration_dir": folder_fingerprint(self.config.calibration_dir, "quantize.calibration_dir")}
 
 
-def folder_calibration(folder: str, data, n: int, seed: int):
-    """Up to n images from `folder` (recursively), preprocessed like the recipe's training inputs:
-    resized and center-cropped to the image size, to 1 or 3 channels, normalized with the data's
-    mean/std. Returns (NCHW tensor, facts for the plan)."""
-    from pathlib import Path
-
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
-    from torchvision import transforms as T
-
-    from ..data.folders import _to_tensor
-    from ..errors import UserError
-
-    root = Path(folder).expanduser()
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise UserError(f"quantize.calibration_dir: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
-    if len(files) > n:
-        pick = np.random.default_rng(seed).choice(len(files), size=n, replace=False)
-        files = [files[i] for i in sorted(pick)]
-    transform = T.Compose([_to_tensor(data.image_size, data.in_channels), T.Normalize(data.mean, data.std)])
-    tensors = []
-    for path in files:
-        try:
-            with Image.open(path) as image:
-                tensors.append(transform(image))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise UserError(f"quantize.calibration_dir: {path} is not a readable image ({exc})") from None
-    return torch.stack(tensors), {"source": f"folder {root}", "files": len(files)}

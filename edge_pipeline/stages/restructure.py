@@ -11,7 +11,7 @@ reconstruction error of every replaced layer and of the logits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import Field, create_model, model_serializer, model_validator
 
@@ -27,11 +27,6 @@ class SelectionConfig(Strict):
     min_channels: int = Field(16, ge=1, description="Skip layers with fewer input or output channels.")
     skip_first: bool = Field(True, description="Leave the first convolution alone.")
     skip_classifier: bool = Field(True, description="Leave the logits layer alone.")
-
-    def selection(self):
-        from ..compress.select import Selection
-
-        return Selection(self.include, self.exclude, self.min_channels, self.skip_first, self.skip_classifier)
 
 
 class RankConfig(Strict):
@@ -88,10 +83,16 @@ class DecomposeConfig(SelectionConfig):
     only_if_smaller: bool = Field(True, description="Skip a layer whose stack would not have fewer weights.")
 
 
+LayerKind = Literal["conv", "linear"]
+
+
+def _all_layer_kinds() -> list[LayerKind]:
+    return ["conv", "linear"]
+
+
 class LowRankConfig(SelectionConfig, RankConfig):
     energy: float | None = Field(0.8, gt=0, le=1, description="Smallest rank keeping this fraction of the squared singular values.")
-    layers: list[Literal["conv", "linear"]] = Field(default_factory=lambda: ["conv", "linear"], min_length=1,
-                                                    description="Which layer kinds to factorize.")
+    layers: list[LayerKind] = Field(default_factory=_all_layer_kinds, min_length=1, description="Which layer kinds to factorize.")
     init: Literal["svd", "random"] = "svd"
 
     @model_validator(mode="before")
@@ -120,72 +121,29 @@ class ShareConfig(SelectionConfig):
 
 @dataclass(frozen=True)
 class Transform:
+    """A transform's recipe key, typed config and one-line summary; its code is in `runners/restructure.py`
+    (`APPLY`, keyed by the same names), imported only when the stage runs."""
+
     name: str
     Config: type[SelectionConfig]
-    # (module, config, calibration inputs NCHW, input shape) -> Edit; mutates the module in place.
-    apply: Callable[..., Any]
     summary: str
 
 
 TRANSFORMS: Registry[Transform] = Registry("restructure transform")
-
-
-def transform(name: str, config: type[SelectionConfig], summary: str):
-    def wrap(apply):
-        TRANSFORMS.register(name, Transform(name, config, apply, summary))
-        return apply
-
-    return wrap
-
-
-@transform("depthwise_separable", DepthwiseSeparableConfig, "kxk conv -> depthwise kxk + pointwise 1x1 (or a MobileNetV2 inverted residual)")
-def _depthwise(module, cfg: DepthwiseSeparableConfig, inputs, input_shape):
-    from ..compress.depthwise import depthwise_separable
-
-    return depthwise_separable(module, cfg.selection(), cfg.block_activation(), cfg.init, cfg.inverted_residual,
-                               cfg.expansion, cfg.residual, inputs)
-
-
-@transform("grouped_pointwise", GroupedPointwiseConfig, "1x1 conv -> grouped 1x1 conv + channel shuffle (ShuffleNet)")
-def _grouped(module, cfg: GroupedPointwiseConfig, inputs, input_shape):
-    from ..compress.grouped import grouped_pointwise
-
-    return grouped_pointwise(module, cfg.selection(), cfg.groups, cfg.init)
-
-
-@transform("factorize", FactorizeConfig, "kxk conv -> kx1 conv + 1xk conv (Inception v3)")
-def _factorize(module, cfg: FactorizeConfig, inputs, input_shape):
-    from ..compress.factorize import factorize
-
-    return factorize(module, cfg.selection(), cfg.rank, cfg.energy, cfg.activation, cfg.init, cfg.only_if_smaller, inputs)
-
-
-@transform("decompose", DecomposeConfig, "5x5 / 7x7 conv -> stacked 3x3 convs (Inception v2)")
-def _decompose(module, cfg: DecomposeConfig, inputs, input_shape):
-    from ..compress.decompose import decompose
-
-    return decompose(module, cfg.selection(), cfg.mid_ratio, cfg.activation, cfg.init, cfg.only_if_smaller, inputs)
-
-
-@transform("low_rank", LowRankConfig, "Linear / conv -> two thinner layers by truncated SVD")
-def _low_rank(module, cfg: LowRankConfig, inputs, input_shape):
-    from ..compress.low_rank import low_rank
-
-    return low_rank(module, cfg.selection(), cfg.rank, cfg.energy, tuple(cfg.layers), cfg.init, cfg.only_if_smaller)
-
-
-@transform("gap_head", GapHeadConfig, "flatten + fully-connected head -> global average pooling + 1x1 projection")
-def _gap_head(module, cfg: GapHeadConfig, inputs, input_shape):
-    from ..compress.gap_head import gap_head
-
-    return gap_head(module, cfg.selection(), input_shape, cfg.init, inputs)
-
-
-@transform("share", ShareConfig, "repeated identical blocks -> one set of weights (ALBERT)")
-def _share(module, cfg: ShareConfig, inputs, input_shape):
-    from ..compress.share import share
-
-    return share(module, cfg.selection(), cfg.init)
+TRANSFORMS.register("depthwise_separable", Transform("depthwise_separable", DepthwiseSeparableConfig,
+                                           "kxk conv -> depthwise kxk + pointwise 1x1 (or a MobileNetV2 inverted residual)"))
+TRANSFORMS.register("grouped_pointwise", Transform("grouped_pointwise", GroupedPointwiseConfig,
+                                           "1x1 conv -> grouped 1x1 conv + channel shuffle (ShuffleNet)"))
+TRANSFORMS.register("factorize", Transform("factorize", FactorizeConfig,
+                                           "kxk conv -> kx1 conv + 1xk conv (Inception v3)"))
+TRANSFORMS.register("decompose", Transform("decompose", DecomposeConfig,
+                                           "5x5 / 7x7 conv -> stacked 3x3 convs (Inception v2)"))
+TRANSFORMS.register("low_rank", Transform("low_rank", LowRankConfig,
+                                           "Linear / conv -> two thinner layers by truncated SVD"))
+TRANSFORMS.register("gap_head", Transform("gap_head", GapHeadConfig,
+                                           "flatten + fully-connected head -> global average pooling + 1x1 projection"))
+TRANSFORMS.register("share", Transform("share", ShareConfig,
+                                           "repeated identical blocks -> one set of weights (ALBERT)"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +172,8 @@ class _RestructureBase(StageConfig):
     def _order_matches(self):
         given = [name for name in TRANSFORMS.names() if getattr(self, name) is not None]
         if not given:
-            raise ValueError(f"restructure needs at least one transform, e.g. `depthwise_separable: {{}}`; known: {', '.join(TRANSFORMS.names())}")
+            known = ", ".join(TRANSFORMS.names())
+            raise ValueError(f"restructure needs at least one transform, e.g. `depthwise_separable: {{}}`; known: {known}")
         if sorted(self.order) != sorted(given) or len(set(self.order)) != len(self.order):
             raise ValueError(f"order {self.order} must list each configured transform once: {given}")
         if "share" in self.order and self.order[-1] != "share":
@@ -230,60 +189,14 @@ class _RestructureBase(StageConfig):
         return [(name, getattr(self, name)) for name in self.order]
 
 
+# (annotation, FieldInfo) per transform; the annotations are built at run time, hence Any.
+_transform_fields: dict[str, Any] = {t.name: (t.Config | None, Field(None, description=t.summary)) for _, t in TRANSFORMS.items()}
 RestructureConfig = create_model(
     "RestructureConfig",
     __base__=_RestructureBase,
     __doc__="The `restructure` stage: one optional block per registered transform.",
-    **{t.name: (t.Config | None, Field(None, description=t.summary)) for _, t in TRANSFORMS.items()},
+    **_transform_fields,
 )
-
-
-def apply_transform(module, name: str, cfg: SelectionConfig, inputs, input_shape, seed: int = 0,
-                    refresh_bn: bool = True) -> tuple[Any, dict[str, Any]]:
-    """Run one transform on `module` in place and measure it: (Edit, facts for details.json).
-
-    Facts: layers replaced, params and MACs before/after, and the reconstruction on `inputs`
-    (per-layer relative errors, logits error, top-1 agreement with the model before). A lossy
-    transform (any layer error > 1e-4) is followed by a BatchNorm statistics refresh on `inputs`
-    when `refresh_bn` (see `compress/batchnorm.refresh_statistics`); the agreement before that
-    refresh is kept under `before_bn_refresh`.
-    """
-    import copy
-
-    import torch
-    from torch import nn
-
-    from ..compress.batchnorm import refresh_statistics
-    from ..compress.reconstruction import probes_of, reconstruction
-    from ..evaluation import count_macs, count_params
-
-    module.eval()
-    before = copy.deepcopy(module)
-    torch.manual_seed(seed)  # `random` init (and seeded fits) reproducible
-    edit = TRANSFORMS.get(name).apply(module, cfg, inputs, input_shape)
-    module.eval()
-    facts: dict[str, Any] = {
-        "replaced": len(edit.ops),
-        "params_before": count_params(before), "params_after": count_params(module),
-        "macs_before": count_macs(before, input_shape), "macs_after": count_macs(module, input_shape),
-    }
-    if edit.ops:
-        probes = probes_of(edit)
-        rec = reconstruction(before, module, probes, inputs)
-        lossy = [p for p, e in rec["layers"].items() if e is None or e > 1e-4]
-        if refresh_bn and lossy:
-            inserted = [] if getattr(cfg, "init", None) == "random" else [
-                m for op in edit.ops if op["op"] == "replace"
-                for m in module.get_submodule(op["path"]).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            ]
-            refreshed = refresh_statistics(module, [module.get_submodule(p) for p in lossy], inserted, inputs)
-            if refreshed:
-                first = {k: rec[k] for k in ("logits_rel_error", "top1_agreement")}
-                rec = reconstruction(before, module, probes, inputs)
-                rec["bn_refreshed"] = refreshed
-                rec["before_bn_refresh"] = first
-        facts["reconstruction"] = rec
-    return edit, facts
 
 
 @register_stage
@@ -293,45 +206,4 @@ class RestructureStage(Stage):
     produces = "model"
     needs = ("model",)
 
-    def run(self, ctx):
-        from ..data import calibration_batch
-        from ..errors import UserError
-        from ..pipeline import StageResult
-        from ..ui import console
 
-        model = ctx.load_model()
-        module = model.module.eval()
-        inputs = calibration_batch(ctx.data, self.config.calibration_samples, ctx.seed)
-        details: dict[str, Any] = {"order": list(self.config.order), "calibration_samples": len(inputs), "transforms": {}}
-        for name, cfg in self.config.transforms():
-            where = f"stages[{ctx.spec.index}].restructure.{name}"
-            _check_globs(module, cfg, where)
-            try:
-                edit, facts = apply_transform(module, name, cfg, inputs, ctx.data.input_shape, ctx.seed, self.config.refresh_bn)
-            except ValueError as exc:
-                raise UserError(f"{where}: {exc}") from None
-            if edit.ops:
-                model.edits.append(edit)
-                rec = facts["reconstruction"]
-                console.print(
-                    f"  {name}: replaced {len(edit.ops)} layer(s); params {facts['params_before']:,} -> {facts['params_after']:,}; "
-                    f"MACs {facts['macs_before']:,} -> {facts['macs_after']:,}; layer error {rec['mean']:.3g} (mean), "
-                    f"top-1 agreement {rec['top1_agreement']:.3f}"
-                )
-            else:
-                reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in edit.summary.get("skipped", [])[:3])
-                console.print(f"  [yellow]![/] {name}: no layer to replace in this model{' (' + reasons + ')' if reasons else ''}")
-            details["transforms"][name] = {**facts, "edit": edit.summary}
-        return StageResult(model, details=details)
-
-
-def _check_globs(module, cfg: SelectionConfig, where: str) -> None:
-    """An `include` glob that matches no module name is a typo, not an empty selection."""
-    import fnmatch
-
-    from ..errors import UserError
-
-    names = [n for n, _ in module.named_modules() if n]
-    for glob in cfg.include:
-        if glob != "*" and not any(fnmatch.fnmatchcase(n, glob) for n in names):
-            raise UserError(f"{where}.include: {glob!r} matches no module in the model (e.g. {', '.join(names[:4])})")

@@ -38,19 +38,11 @@ class TrainConfig(TrainingConfig):
     pass
 
 
-def bn_regularizer(cfg: TrainingConfig):
-    """The `fit` regularizer a training config asks for (None: plain loss)."""
-    if not cfg.bn_l1:
-        return None
-    from ..compress.pruning.criteria import bn_l1_penalty
-
-    return bn_l1_penalty(cfg.bn_l1)
-
-
 @register_stage
 class TrainStage(Stage):
     type = "train"
     Config = TrainConfig
+    config: TrainConfig
     produces = "model"
     distributed = True  # ranks > 0 of a distributed run train with the leader
 
@@ -59,32 +51,3 @@ class TrainStage(Stage):
             return [((), "train builds a new model; put it first (use finetune to continue training)")]
         return []
 
-    def run(self, ctx):
-        import torch
-
-        from ..artifacts import TrackedModel
-        from ..models import BaseSpec, build_model, load_initial_weights
-        from ..pipeline import StageResult
-        from ..training import cross_entropy, fit
-        from ..ui import console
-
-        data, mcfg = ctx.data, ctx.recipe.model
-        base = BaseSpec(
-            arch=mcfg.arch, num_classes=mcfg.num_classes or data.num_classes, in_channels=data.in_channels,
-            image_size=data.image_size, width=mcfg.width,
-        )
-        torch.manual_seed(ctx.seed)
-        module = build_model(base)
-        details = {}
-        if mcfg.weights:
-            left = load_initial_weights(module, mcfg.weights, mcfg.arch)
-            if left:
-                console.print(f"  weights: {len(left)} tensors kept their fresh init (shape differs): {', '.join(left[:4])}")
-            details["weights"] = {"file": mcfg.weights, "fresh_init": left}
-        history = fit(module, data, self.config, ctx.seed, cross_entropy(self.config.label_smoothing), "train",
-                      regularizer=bn_regularizer(self.config))
-        meta = {
-            "class_names": data.class_names, "mean": data.mean, "std": data.std,
-            "input_shape": list(data.input_shape), "layout": "NCHW",
-        }
-        return StageResult(TrackedModel(module, base, [], meta), details={**details, "history": history})

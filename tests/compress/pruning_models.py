@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from edge_pipeline.compress.grouped import ChannelShuffle
+from edge_pipeline.models.layers import ChannelShuffle
 
 
 def cbr(cin: int, cout: int, k: int = 3, groups: int = 1, stride: int = 1) -> list[nn.Module]:

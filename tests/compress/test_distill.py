@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from edge_pipeline.compress.distill import distillation_loss, hinton_kd
+from edge_pipeline.compress.names import FEATURE_LOSSES
 
 
 def test_kd_is_zero_for_identical_logits_and_positive_otherwise():
@@ -77,7 +78,7 @@ def train_on(loss_fn, student, steps: int = 60, lr: float = 0.05):
     return history
 
 
-@pytest.mark.parametrize("kind", ["mse", "cosine"])
+@pytest.mark.parametrize("kind", FEATURE_LOSSES)
 def test_feature_distillation_reduces_its_own_term_through_an_adapter(kind):
     torch.manual_seed(0)
     teacher, student = tiny_cnn(8), tiny_cnn(4)  # the student has fewer channels: a 1x1 adapter bridges them

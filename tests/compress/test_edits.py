@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from edge_pipeline.compress.edits import Edit, replay
-from edge_pipeline.compress.modspec import build_module, module_spec
 from edge_pipeline.models import BaseSpec, build_model
+from edge_pipeline.models.edits import Edit, replay
+from edge_pipeline.models.modspec import build_module, module_spec
 
 MODULES = [
     nn.Conv2d(4, 8, 3, stride=2, padding=1, dilation=1, groups=2, bias=False),

@@ -9,14 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-from edge_pipeline.artifacts import TrackedModel, load_model, save_model
 from edge_pipeline.compress.pruning import ALLOCATIONS, CRITERIA, Target, prune_channels
 from edge_pipeline.errors import PipelineError, UserError
-from edge_pipeline.evaluation import count_macs, count_params
 from edge_pipeline.models import BaseSpec, build_model
+from edge_pipeline.models.counting import count_macs, count_params
+from edge_pipeline.models.store import TrackedModel, load_model, save_model
 
 from .pruning_models import (
-    GroupedShuffleNet, HardcodedViewNet, InlineShuffleNet, SqueezeExciteNet, randomize, zero_removed,
+    GroupedShuffleNet,
+    HardcodedViewNet,
+    InlineShuffleNet,
+    SqueezeExciteNet,
+    randomize,
+    zero_removed,
 )
 
 X16 = torch.zeros(1, 1, 16, 16)
@@ -306,7 +311,7 @@ def test_saved_pruning_replays_on_reload(tmp_path, arch):
 
 def test_replay_of_grouped_shuffle_module():
     """The replay check inside prune_channels rebuilt every module (shuffle included) from its spec."""
-    from edge_pipeline.compress.edits import replay
+    from edge_pipeline.models.edits import replay
 
     model = randomize(GroupedShuffleNet())
     original = copy.deepcopy(model)
@@ -320,7 +325,7 @@ def test_replay_of_grouped_shuffle_module():
 
 
 def test_shared_modules_stay_shared_after_replay():
-    from edge_pipeline.compress.edits import replay
+    from edge_pipeline.models.edits import replay
 
     model = randomize(SqueezeExciteNet())
     original = copy.deepcopy(model)
@@ -344,3 +349,14 @@ def test_kept_indices_are_recorded_for_every_resized_layer():
         elif layer["kind"] == "norm":
             assert len(layer["kept"]) == module.num_features
     assert np.all([op["op"] == "replace" for op in edit.ops])
+
+
+def test_the_config_names_and_the_engine_agree():
+    """The recipe's `prune.method` choices are exactly the criteria the engine scores."""
+    import typing
+
+    from edge_pipeline.stages.prune import PruneConfig
+
+    method = PruneConfig.model_fields["method"].annotation
+    names = {a for part in typing.get_args(method) for a in typing.get_args(part)}
+    assert names == set(CRITERIA) | {"magnitude"}

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from edge_pipeline.compress.grouped import ChannelShuffle, shuffle_permutation
 from edge_pipeline.compress.pruning.graph import FIXED, ChannelGraph, block_shuffle_groups
+from edge_pipeline.models.layers import ChannelShuffle, shuffle_permutation
 
 from .pruning_models import GroupedShuffleNet, InlineShuffleNet
 

@@ -13,17 +13,19 @@ import pytest
 import torch
 from torch import nn
 
-from edge_pipeline.artifacts import TrackedModel, load_model, save_model
 from edge_pipeline.compress.decompose import compose, decomposed_from, stack_convs
 from edge_pipeline.compress.depthwise import inverted_residual_from, separable_from
 from edge_pipeline.compress.factorize import factorized_from as factorized_kxk
 from edge_pipeline.compress.gap_head import gap_head
-from edge_pipeline.compress.grouped import ChannelShuffle, grouped_from, shuffle_permutation
+from edge_pipeline.compress.grouped import grouped_from
 from edge_pipeline.compress.low_rank import factorized_from as low_rank_from
 from edge_pipeline.compress.select import Selection
 from edge_pipeline.compress.share import find_groups
 from edge_pipeline.models import BaseSpec, build_model
-from edge_pipeline.stages.restructure import TRANSFORMS, apply_transform
+from edge_pipeline.models.layers import ChannelShuffle, shuffle_permutation
+from edge_pipeline.models.store import TrackedModel, load_model, save_model
+from edge_pipeline.stages.restructure import TRANSFORMS
+from edge_pipeline.stages.runners.restructure import apply_transform
 
 # name -> list of (arch, image size, [(transform, config), ...]) on which the transform has work to do.
 # The first case of each transform is also the one exported to TFLite.
@@ -338,8 +340,8 @@ def test_share_groups_and_storage(tmp_path):
     save_model(model, tmp_path / "shared")
     plain = (tmp_path / "plain" / "model.safetensors").stat().st_size
     shared = (tmp_path / "shared" / "model.safetensors").stat().st_size
-    saved = sum(l.weight.numel() * 4 for l in (m.layer1[1].conv1, m.layer1[1].conv2, m.layer1[2].conv1, m.layer1[2].conv2,
-                                                 m.layer2[2].conv1, m.layer2[2].conv2, m.layer3[2].conv1, m.layer3[2].conv2))
+    saved = sum(conv.weight.numel() * 4 for conv in (m.layer1[1].conv1, m.layer1[1].conv2, m.layer1[2].conv1, m.layer1[2].conv2,
+                                                       m.layer2[2].conv1, m.layer2[2].conv2, m.layer3[2].conv1, m.layer3[2].conv2))
     assert plain - shared >= saved * 0.99  # the shared weights are stored once
     loaded = load_model(tmp_path / "shared").module
     assert loaded.layer3[2].conv2 is loaded.layer3[1].conv2

@@ -59,10 +59,10 @@ def test_calibration_batch_is_stratified_from_train(tiny_data):
     assert all(x.numpy().tobytes() in train for x in batch)
 
 
-def _image_tree(root, classes=("cat", "dog", "owl"), per_class=6, size=20):
+def _image_tree(root, classes=("cat", "dog", "owl"), per_class=6, size=20, seed=0):
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for c, name in enumerate(classes):
         (root / name).mkdir(parents=True)
         for i in range(per_class):
@@ -72,7 +72,8 @@ def _image_tree(root, classes=("cat", "dog", "owl"), per_class=6, size=20):
 
 def test_imagefolder_single_tree_is_split(tmp_path):
     _image_tree(tmp_path / "imgs")
-    data = build_data(DataConfig(dataset="imagefolder", path=str(tmp_path / "imgs"), image_size=16, val_fraction=0.2, test_fraction=0.2), seed=0)
+    config = DataConfig(dataset="imagefolder", path=str(tmp_path / "imgs"), image_size=16, val_fraction=0.2, test_fraction=0.2)
+    data = build_data(config, seed=0)
     assert data.class_names == ["cat", "dog", "owl"]
     assert len(data.train) + len(data.val) + len(data.test) == 18
     x, y = data.test[0]
@@ -82,7 +83,7 @@ def test_imagefolder_single_tree_is_split(tmp_path):
 
 def test_imagefolder_with_train_and_test_folders(tmp_path):
     _image_tree(tmp_path / "ds" / "train", per_class=8)
-    _image_tree(tmp_path / "ds" / "test", per_class=3)
+    _image_tree(tmp_path / "ds" / "test", per_class=3, seed=1)  # other images than train's
     data = build_data(DataConfig(dataset="imagefolder", path=str(tmp_path / "ds"), image_size=8, channels=1), seed=0)
     assert len(data.test) == 9 and len(data.train) + len(data.val) == 24
     assert data.test[0][0].shape == (1, 8, 8)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_pipeline.profiling.transports.base import AGENT
-from edge_pipeline.profiling.transports.ssh import sha256_of
+from edge_pipeline.artifacts import sha256_file as sha256_of
 
 
 def test_agent_is_python38_and_self_contained():

@@ -7,6 +7,7 @@ import json
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,7 +47,8 @@ def test_devices_check_command(sshd, tmp_path, capsys):
     down = sshd.device(tmp_path, name="down", port=str(free_port()))
     bare = sshd.device(tmp_path, name="no-python", python="/nonexistent/python3")
     argv = ["devices", "--check", "host", "loopback", "down", "no-python"]
-    assert cli.main([*argv, *sum((["--device-file", str(p)] for p in (good, down, bare)), [])]) == 0
+    # named devices that cannot be reached fail the command (exit 1), after every device was checked
+    assert cli.main([*argv, *sum((["--device-file", str(p)] for p in (good, down, bare)), [])]) == 1
     out = capsys.readouterr().out
     assert out.count("-> reachable") == 2  # host and loopback
     assert "-> unreachable: cannot reach" in out and "'/nonexistent/python3' is not found there" in out
@@ -133,3 +135,121 @@ def test_command_construction_is_safe(tmp_path):
 def test_only_our_temp_dir_is_ever_removed(tmp_path, path, ok):
     assert make_transport(ssh_device(tmp_path)).is_our_temp_dir(path) is ok
 
+
+
+def test_typed_options_reach_ssh_as_validated_arguments(tmp_path):
+    t = make_transport(ssh_device(tmp_path, jump_host="admin@bastion.example.org:2222", compression=True,
+                                  server_alive_interval_s=30, server_alive_count_max=4, address_family="inet",
+                                  strict_host_key_checking="accept-new"))
+    cmd = t.ssh_command("true")
+    assert cmd[cmd.index("-J") + 1] == "admin@bastion.example.org:2222"
+    values = [cmd[i + 1] for i, word in enumerate(cmd) if word == "-o"]
+    for option in ("Compression=yes", "ServerAliveInterval=30", "ServerAliveCountMax=4", "AddressFamily=inet",
+                   "StrictHostKeyChecking=accept-new", "BatchMode=yes"):
+        assert option in values
+    assert not any(key.split("=")[0].lower() in ("proxycommand", "localcommand", "include") for key in values)
+
+
+def test_typed_options_work_against_a_real_server(sshd, tmp_path):
+    path = sshd.device(tmp_path, compression="true", server_alive_interval_s="2", server_alive_count_max="2",
+                       address_family="inet")
+    assert make_transport(load_device_file(path)).check() is None
+
+
+# ---- hostile device files (issue 11.1): nothing in a device file may run a local command ----
+
+# The loopback device in block style, one key per line, so each case knows the line of its field.
+HOSTILE_BASE = ["name: evil", "arch: x86_64", "budget: {warmup_runs: 1, min_runs: 1, min_seconds: 0, max_seconds: 5}",
+                "transport:", "  kind: ssh"]
+TRANSPORT_KEYS = ["host", "port", "user", "identity_file", "known_hosts_file", "python", "remote_tmp", "connect_timeout_s"]
+FIRST_TRANSPORT_LINE = len(HOSTILE_BASE) + 1
+EXTRA_LINE = FIRST_TRANSPORT_LINE + len(TRANSPORT_KEYS)
+
+# (id, {transport key: hostile YAML value}, extra transport lines, field in the error, its line)
+# `{M}` is the marker file an injected command would create, `{C}` a config file that would create it.
+HOSTILE = [
+    ("proxycommand", {}, ["  options: ['ProxyCommand=touch {M}']"], "transport.options[0]", EXTRA_LINE),
+    ("localcommand", {}, ["  options:", "    - 'LocalCommand=touch {M}'", "    - PermitLocalCommand=yes"],
+     "transport.options[0]", EXTRA_LINE + 1),
+    ("permitlocalcommand", {}, ["  options: [PermitLocalCommand=yes, 'LocalCommand=touch {M}']"], "transport.options[0]", EXTRA_LINE),
+    ("match-exec", {}, ["  options: ['Match exec \"touch {M}\"']"], "transport.options[0]", EXTRA_LINE),
+    ("knownhostscommand", {}, ["  options: ['KnownHostsCommand=/usr/bin/touch {M}']"], "transport.options[0]", EXTRA_LINE),
+    ("include", {}, ["  options: ['Include {C}']"], "transport.options[0]", EXTRA_LINE),
+    ("option-newline", {}, ['  options: ["ConnectTimeout=5\\nProxyCommand=touch {M}"]'], "transport.options[0]", EXTRA_LINE),
+    ("weaker-host-keys", {}, ["  options: [StrictHostKeyChecking=no]"], "transport.options[0]", EXTRA_LINE),
+    ("host-dash-o", {"host": "'-oProxyCommand=touch {M}'"}, [], "transport.host", FIRST_TRANSPORT_LINE),
+    ("host-newline", {"host": '"127.0.0.1\\n-oProxyCommand=touch {M}"'}, [], "transport.host", FIRST_TRANSPORT_LINE),
+    ("host-space", {"host": "'127.0.0.1 -oProxyCommand=touch {M}'"}, [], "transport.host", FIRST_TRANSPORT_LINE),
+    ("port-words", {"port": "'22 -oProxyCommand=touch {M}'"}, [], "transport.port", FIRST_TRANSPORT_LINE + 1),
+    ("user-space", {"user": "'root -oProxyCommand=touch {M}'"}, [], "transport.user", FIRST_TRANSPORT_LINE + 2),
+    ("user-dash", {"user": "'-oProxyCommand=touch {M}'"}, [], "transport.user", FIRST_TRANSPORT_LINE + 2),
+    ("identity-percent", {"identity_file": "'{K}%d'"}, [], "transport.identity_file", FIRST_TRANSPORT_LINE + 3),
+    ("identity-env", {"identity_file": "'${HOME}/.ssh/id'"}, [], "transport.identity_file", FIRST_TRANSPORT_LINE + 3),
+    ("known-hosts-two-files", {"known_hosts_file": "'{K} /dev/null'"}, [], "transport.known_hosts_file", FIRST_TRANSPORT_LINE + 4),
+    ("python-newline", {"python": '"python3\\ntouch {M}"'}, [], "transport.python", FIRST_TRANSPORT_LINE + 5),
+    ("remote-tmp-dotdot", {"remote_tmp": "'/tmp/../home'"}, [], "transport.remote_tmp", FIRST_TRANSPORT_LINE + 6),
+    ("jump-host-command", {}, ["  jump_host: 'bastion -oProxyCommand=touch {M}'"], "transport.jump_host", EXTRA_LINE),
+    ("jump-host-shell", {}, ["  jump_host: \"root@127.0.0.1:22'; touch {M}; '\""], "transport.jump_host", EXTRA_LINE),
+    ("jump-host-user-dash", {}, ["  jump_host: '-oProxyCommand=x@127.0.0.1'"], "transport.jump_host", EXTRA_LINE),
+]
+
+
+def hostile_device(sshd, folder: Path, marker: Path, overrides: dict[str, str], extra: list[str]) -> Path:
+    config = folder.parent / "evil_ssh_config"  # what an `Include` would read: it runs the marker command
+    config.write_text(f"ProxyCommand touch {marker}\nPermitLocalCommand yes\nLocalCommand touch {marker}\n")
+    values = {"host": "'127.0.0.1'", "port": str(sshd.port), "user": repr(sshd.user), "identity_file": f"'{sshd.identity}'",
+              "known_hosts_file": f"'{sshd.known_hosts}'", "python": f"'{sys.executable}'", "remote_tmp": f"'{sshd.root}'",
+              "connect_timeout_s": "5"}
+    values.update(overrides)
+    lines = HOSTILE_BASE + [f"  {key}: {values[key]}" for key in TRANSPORT_KEYS] + extra
+    text = "\n".join(lines) + "\n"
+    text = text.replace("{M}", str(marker)).replace("{C}", str(config)).replace("{K}", str(sshd.identity))
+    folder.mkdir(exist_ok=True)
+    path = folder / "evil.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("command", ["devices-check", "profile"])
+@pytest.mark.parametrize("case, overrides, extra, field, line", HOSTILE, ids=[c[0] for c in HOSTILE])
+def test_a_hostile_device_file_is_one_error_and_runs_nothing(sshd, tiny_models, tmp_path, monkeypatch, capsys,
+                                                             command, case, overrides, extra, field, line):
+    marker = tmp_path / "PWNED"
+    path = hostile_device(sshd, tmp_path / "devices", marker, overrides, extra)
+    monkeypatch.chdir(tmp_path)  # ./devices is searched: the cloned-repository case
+    monkeypatch.delenv("EDGE_PIPELINE_DEVICES", raising=False)
+    if command == "devices-check":
+        code = cli.main(["devices", "--check", "evil"])
+    else:
+        code = cli.main(["profile", str(tiny_models["int8"]), "--device-file", str(path)])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 2 and len(err) == 1, captured.err
+    assert err[0].startswith(f"error: {path}:{line}: {field}: "), err[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert not marker.exists()
+    assert sshd.leftovers() == []
+
+
+def test_the_well_formed_hostile_file_base_is_reachable(sshd, tmp_path, monkeypatch, capsys):
+    """Control for the cases above: without a hostile value the same file passes and reaches the server,
+    so each refusal comes from the hostile value and not from a broken fixture."""
+    hostile_device(sshd, tmp_path / "devices", tmp_path / "PWNED", {}, [])
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["devices", "--check", "evil"]) == 0
+    assert "-> reachable" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("options", [
+    ["-o", "ProxyCommand=touch {M}"],
+    ["-o", "PermitLocalCommand=yes", "-o", "LocalCommand=touch {M}"],
+    ["-o", "KnownHostsCommand=/usr/bin/touch {M}"],
+], ids=["proxycommand", "localcommand", "knownhostscommand"])
+def test_the_refused_options_do_run_commands_in_plain_ssh(sshd, tmp_path, options):
+    """Why the options above are refused: given to ssh, each runs a local command (here a harmless touch)."""
+    marker = tmp_path / "PWNED"
+    cmd = ["ssh", "-T", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={sshd.known_hosts}", "-o", "ConnectTimeout=5",
+           "-i", str(sshd.identity), "-p", str(sshd.port), *[o.replace("{M}", str(marker)) for o in options],
+           "--", f"{sshd.user}@127.0.0.1", "true"]
+    subprocess.run(cmd, capture_output=True, timeout=60)
+    assert marker.exists()

@@ -13,24 +13,25 @@ from PIL import Image
 
 from edge_pipeline import cli
 from edge_pipeline.errors import UserError
-from edge_pipeline.report.compare import FASTEST, SMALLEST, load_entries, markdown_table, write_compare
+from edge_pipeline.report.compare import FASTEST, SMALLEST, device_blocks, load_records, write_compare
+from edge_pipeline.report.doc import blocks_markdown
 from tests.report.conftest import ACCURACY
 
 
 def test_entries_cover_two_runs_by_two_devices(two_runs):
-    entries = load_entries(two_runs)
-    assert len(entries) == 8
-    assert {e.device for e in entries} == {"fast-1t", "fast-2t"}
-    assert {e.model for e in entries} == {"run-a/model_float32", "run-a/model_int8", "run-b/model_float32", "run-b/model_int8"}
-    for e in entries:
+    records = load_records(two_runs)
+    assert len(records) == 8
+    assert {e.device for e in records} == {"fast-1t", "fast-2t"}
+    assert {e.model for e in records} == {"run-a/model_float32", "run-a/model_int8", "run-b/model_float32", "run-b/model_int8"}
+    for e in records:
         assert e.accuracy == ACCURACY[e.run][e.precision] and e.stage == "export"
         assert e.median_ms > 0 and e.p90_ms >= e.median_ms and e.peak_mb > 10 and e.valid
 
 
 def test_fastest_and_smallest_marked_once_per_device(two_runs):
-    entries = load_entries(two_runs)
+    records = load_records(two_runs)
     for device in ("fast-1t", "fast-2t"):
-        group = [e for e in entries if e.device == device]
+        group = [e for e in records if e.device == device]
         fastest = [e for e in group if FASTEST in e.marks]
         assert len(fastest) == 1 and fastest[0].median_ms == min(e.median_ms for e in group)
         smallest = [e for e in group if SMALLEST in e.marks]
@@ -40,8 +41,8 @@ def test_fastest_and_smallest_marked_once_per_device(two_runs):
 
 def test_profile_files_inside_a_run_pick_up_accuracy(two_runs):
     files = sorted((two_runs[0] / "profiles").glob("*.json"))
-    entries = load_entries(files)
-    assert len(entries) == 4 and all(e.accuracy is not None for e in entries)
+    records = load_records(files)
+    assert len(records) == 4 and all(e.accuracy is not None for e in records)
 
 
 def png(path: Path) -> np.ndarray:
@@ -51,13 +52,13 @@ def png(path: Path) -> np.ndarray:
 
 
 def test_write_compare_renders_table_and_plots(two_runs, tmp_path):
-    entries = load_entries(two_runs)
-    written = write_compare(entries, tmp_path / "cmp")
+    records = load_records(two_runs)
+    written = write_compare(records, tmp_path / "cmp")
     md = written["markdown"].read_text()
-    rows = [l for l in md.splitlines() if l.startswith("| fast-")]
+    rows = [line for line in md.splitlines() if line.startswith("| fast-")]
     assert len(rows) == 8 and md.count(FASTEST) == 2
     html = written["html"].read_text()
-    images = re.findall(r"<img src='([^']+)'", html)
+    images = re.findall(r'<img src="data:image/png;base64,[^"]+" alt="[^"]*" data-file="([^"]+)"', html)
     assert images == ["plots/latency_by_device.png", "plots/accuracy_vs_latency.png"]
     for rel in images:
         pixels = png(tmp_path / "cmp" / rel)
@@ -72,6 +73,8 @@ def test_write_compare_renders_table_and_plots(two_runs, tmp_path):
     assert (np.abs(latency.astype(int) - [0x45, 0x7b, 0x9d]).sum(axis=1) < 10).sum() > 100
     data = json.loads(written["json"].read_text())
     assert len(data["entries"]) == 8
+    assert {"device", "model", "file", "run", "stage", "precision", "median_ms", "p90_ms", "std_ms", "peak_mb", "size_bytes",
+            "accuracy", "valid", "emulated", "outputs_match", "sha256", "marks", "notes"} <= set(data["entries"][0])
 
 
 def test_compare_command(two_runs, tmp_path, capsys):
@@ -92,12 +95,12 @@ def test_compare_bad_paths_exit_2(tmp_path, capsys):
     other = tmp_path / "other.json"
     other.write_text("{\"hello\": 1}")
     with pytest.raises(UserError, match="not a profile file"):
-        load_entries([other])
+        load_records([other])
 
 
 def test_emulated_devices_are_labelled(two_runs, tmp_path):
     profile = json.loads(next((two_runs[0] / "profiles").glob("*.json")).read_text())
     path = tmp_path / "qemu__m.json"
     path.write_text(json.dumps({**profile, "device": "qemu-aarch64", "emulated": True}))
-    table = markdown_table(load_entries([path]))
+    table = blocks_markdown(device_blocks(load_records([path]), None, tmp_path))
     assert "qemu-aarch64 (emulated)" in table and "never as device time" in table

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from edge_pipeline.cli import main
-from edge_pipeline.stages.export import gate_failures
+from edge_pipeline.stages.runners.export import gate_failures
 
 from ..conftest import write
 
@@ -48,7 +48,7 @@ def hard_weights(tmp_path_factory):
     import torch
     from safetensors.torch import save_file
 
-    from edge_pipeline.artifacts import read_state_dict
+    from edge_pipeline.models.store import read_state_dict
 
     root = tmp_path_factory.mktemp("hard")
     recipe = write(root / "train.yaml", HEAD + "stages:\n  - train: {epochs: 3, lr: 0.05}\n")

@@ -33,7 +33,8 @@ stages:
     assert stages[2].config.distill.objective == "logits+features" and stages[2].config.distill.features.loss == "cosine"
     assert stages[3].config.distill.features.layers == "auto"
     with pytest.raises(UserError, match=r"r.yaml:7: stages\[1\].finetune.distill: `features` is set but objective is logits"):
-        parse_recipe(HEAD + "stages:\n  - train: {}\n  - finetune: {distill: {teacher: train, objective: logits, features: {}}}\n", "r.yaml")
+        parse_recipe(HEAD + "stages:\n  - train: {}\n"
+                     "  - finetune: {distill: {teacher: train, objective: logits, features: {}}}\n", "r.yaml")
 
 
 def test_teacher_must_be_an_earlier_stage_or_a_saved_model(tmp_path):
@@ -48,7 +49,8 @@ def two_phase(tmp_path_factory):
 stages:
   - train: {epochs: 8, lr: 0.05}
   - prune: {method: l1, target_macs: 0.5}
-  - finetune: {name: distill_features, epochs: 2, lr: 0.01, distill: {teacher: train, objective: features, features: {layers: auto, loss: mse}}}
+  - finetune: {name: distill_features, epochs: 2, lr: 0.01,
+               distill: {teacher: train, objective: features, features: {layers: auto, loss: mse}}}
   - finetune: {name: distill_task, epochs: 2, lr: 0.01, distill: {teacher: train, temperature: 4, alpha: 0.7}}
 """)
     assert main(["run", str(recipe), "--out", str(root / "run")]) == 0

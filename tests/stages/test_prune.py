@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from edge_pipeline.artifacts import load_model
 from edge_pipeline.cli import main
 from edge_pipeline.errors import UserError
+from edge_pipeline.models.store import load_model
 from edge_pipeline.recipe import parse_recipe
 
 from ..conftest import write
@@ -96,7 +96,8 @@ stages:
 
 def test_bn_l1_penalty_drives_batchnorm_scales_down(tiny_data):
     from edge_pipeline.models import BaseSpec, build_model
-    from edge_pipeline.stages.train import TrainConfig, bn_regularizer
+    from edge_pipeline.stages.runners.train import bn_regularizer
+    from edge_pipeline.stages.train import TrainConfig
     from edge_pipeline.training import cross_entropy, fit
 
     gammas = {}

@@ -59,7 +59,7 @@ def _write_images(folder, count, size=20, seed=0):
 def test_folder_calibration_preprocesses_like_training(tmp_path, tiny_data):
     from PIL import Image
 
-    from edge_pipeline.stages.quantize import folder_calibration
+    from edge_pipeline.stages.runners.quantize import folder_calibration
 
     _write_images(tmp_path / "calib", 12)
     batch, facts = folder_calibration(str(tmp_path / "calib"), tiny_data, n=8, seed=0)
@@ -76,7 +76,7 @@ def test_folder_calibration_preprocesses_like_training(tmp_path, tiny_data):
 
 
 def test_folder_without_images_is_a_clear_error(tmp_path, tiny_data):
-    from edge_pipeline.stages.quantize import folder_calibration
+    from edge_pipeline.stages.runners.quantize import folder_calibration
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="quantize.calibration_dir: no images"):

@@ -54,7 +54,8 @@ def test_empty_body_means_defaults():
     ("{low_rank: {rank: 4, energy: 0.5}}", "give `rank` or `energy`, not both"),
     ("{low_rank: {energy: 1.5}}", "stages[1].restructure.low_rank.energy: must be <= 1, got 1.5"),
     ("{depthwise_separable: {expansion: 4}}", "expansion only apply with `inverted_residual: true`"),
-    ("{depthwise_separable: {activation: gelu}}", "stages[1].restructure.depthwise_separable.activation: must be one of 'none', 'relu', 'relu6' or 'hardswish', got 'gelu'"),
+    ("{depthwise_separable: {activation: gelu}}",
+     "stages[1].restructure.depthwise_separable.activation: must be one of 'none', 'relu', 'relu6' or 'hardswish', got 'gelu'"),
     ("{share: {}, low_rank: {}}", "`share` must be the last transform"),
     ("{grouped_pointwise: {groups: 1}}", "stages[1].restructure.grouped_pointwise.groups: must be >= 2, got 1"),
     ("{gap_head: {init: svd}}", "gap_head.init: must be one of 'fit', 'average' or 'random', got 'svd'"),
@@ -78,7 +79,7 @@ def test_every_transform_is_a_recipe_key_with_documented_defaults():
 @pytest.mark.e2e
 def test_pipeline_run_records_details_and_reports(tmp_path):
     """train (1 epoch, 16 px digits) -> restructure with four transforms, through the real pipeline."""
-    from edge_pipeline.artifacts import load_model
+    from edge_pipeline.models.store import load_model
     from edge_pipeline.pipeline import Pipeline
     from edge_pipeline.report import write_reports
 
@@ -146,3 +147,10 @@ def test_report_section_from_details(tmp_path):
     assert "| low_rank | 3 | 2.00k -> 1.00k (0.50x) | 4.00k -> 3.00k (0.75x) | 10.0% / 20.0% | 5.0% | 99.0% |" in section.markdown
     assert "fc: rank 10 of 10 would not save weights" in section.markdown
     assert "agreement before that 50.0%" in section.markdown
+
+
+def test_every_registered_transform_has_code_and_every_code_is_registered():
+    from edge_pipeline.stages.restructure import TRANSFORMS
+    from edge_pipeline.stages.runners.restructure import APPLY
+
+    assert sorted(APPLY) == TRANSFORMS.names()

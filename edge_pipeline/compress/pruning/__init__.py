@@ -14,16 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..edits import Edit
+from ...errors import PipelineError
+from ...models.edits import Edit
+from ..names import ALLOCATIONS, CRITERIA
 from .allocate import Target, allocate
 from .apply import apply_resizes, kept_summary, plan_resizes, snapshot, verify_exact, verify_replay
-from .criteria import CRITERIA, bn_l1_penalty, scores
-from ...errors import PipelineError
+from .criteria import bn_l1_penalty, scores
 from .graph import ChannelGraph, UntraceableModel
 from .problem import build_problem
 from .unstructured import magnitude_prune
-
-ALLOCATIONS = ("per_layer", "global")
 
 
 def prune_channels(

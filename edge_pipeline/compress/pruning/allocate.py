@@ -56,8 +56,11 @@ def _uniform(problem: Problem, orders: list[np.ndarray], fraction: float) -> np.
     return removed
 
 
-def _reached(problem: Problem, removed: np.ndarray, target: Target, cost: dict[str, int] | None = None) -> bool:
-    cost = cost or problem.cost(removed)
+def _reached(problem: Problem, removed: np.ndarray | None, target: Target, cost: dict[str, int] | None = None) -> bool:
+    """Whether the model is at or below the target; `removed` is only read when `cost` is not given."""
+    if not cost:
+        assert removed is not None
+        cost = problem.cost(removed)
     if target.kind == "ratio":
         return cost["channels"] <= (1.0 - target.value) * problem.base_channels + 1e-9
     base = problem.base_macs if target.kind == "macs" else problem.base_params

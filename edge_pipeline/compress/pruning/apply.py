@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ...errors import PipelineError
-from ..edits import Edit, replay
-from ..modspec import build_module, module_spec
+from ...models.edits import Edit, replay
+from ...models.modspec import build_module, module_spec
 from .graph import ChannelGraph, UnsupportedGraph
 from .problem import Problem
 
@@ -61,10 +61,20 @@ def _new_module(old: nn.Module, changes: dict) -> nn.Module:
     return build_module(spec)
 
 
+def _load_kept(new: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Copy a layer's kept weights (and bias, if it has one) into the module rebuilt from its spec."""
+    assert isinstance(new, (nn.Conv2d, nn.Linear))
+    new.weight.copy_(weight)
+    if bias is not None:
+        assert new.bias is not None  # rebuilt from the old layer's spec, so it has a bias too
+        new.bias.copy_(bias)
+
+
 @torch.no_grad()
 def _resized(module: nn.Module, r: Resize) -> nn.Module:
     keep_in = torch.from_numpy(r.keep_in)
     if r.kind == "conv":
+        assert isinstance(module, nn.Conv2d)
         keep_out = torch.from_numpy(r.keep_out)
         cin, g = module.in_channels, module.groups
         if g == cin and g > 1:  # depthwise: one filter slice per input channel
@@ -76,16 +86,13 @@ def _resized(module: nn.Module, r: Resize) -> nn.Module:
         else:
             groups, weight = 1, module.weight[keep_out][:, keep_in]
         new = _new_module(module, {"in_channels": len(keep_in), "out_channels": len(keep_out), "groups": groups})
-        new.weight.copy_(weight)
-        if module.bias is not None:
-            new.bias.copy_(module.bias[keep_out])
+        _load_kept(new, weight, module.bias[keep_out] if module.bias is not None else None)
         return new
     if r.kind == "linear":
+        assert isinstance(module, nn.Linear)
         keep_out = torch.from_numpy(r.keep_out)
         new = _new_module(module, {"in_features": len(keep_in), "out_features": len(keep_out)})
-        new.weight.copy_(module.weight[keep_out][:, keep_in])
-        if module.bias is not None:
-            new.bias.copy_(module.bias[keep_out])
+        _load_kept(new, module.weight[keep_out][:, keep_in], module.bias[keep_out] if module.bias is not None else None)
         return new
     if r.kind == "norm":
         new = _new_module(module, {"num_features": len(keep_in)})
@@ -126,6 +133,7 @@ def verify_exact(original: ChannelGraph, problem: Problem, removed: np.ndarray, 
         roots = original.classes(u.use.inputs)
         expected[u.use.node] = roots[_kept_positions(u.inputs, removed)]
         if u.outputs is not None and u.first:
+            assert u.use.outputs is not None  # u.outputs indexes them
             provided[u.use.path] = original.classes(u.use.outputs)[_kept_positions(u.outputs, removed)]
     try:
         check = ChannelGraph(pruned, example, provided=provided, reference=original)
@@ -176,6 +184,7 @@ def kept_summary(problem: Problem, removed: np.ndarray, resizes: list[Resize]) -
             continue
         root = g.producers[0]
         use = next(u for u in problem.uses if u.first and u.use.path == root)
+        assert use.outputs is not None  # a producer
         groups.append({
             "root": root, "channels_before": len(use.outputs), "kept": _kept_positions(use.outputs, removed).tolist(),
             "classes": [g.size, g.size - gone], "coupled": g.producers,

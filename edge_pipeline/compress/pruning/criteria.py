@@ -15,13 +15,14 @@ Higher score = more important = kept.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 from torch import nn
 
+from ..names import CRITERIA
 from .problem import Problem
-
-CRITERIA = ("l1", "l2", "bn_scale", "taylor", "random")
 
 
 def _accumulate(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +104,8 @@ def taylor_scores(problem: Problem, model: nn.Module, inputs: torch.Tensor, labe
     return total / max(batches, 1)
 
 
-def _gw(p: torch.Tensor, grads: dict[int, torch.Tensor | None]) -> torch.Tensor:
+def _gw(p: torch.Tensor, grads: Mapping[int, torch.Tensor | None]) -> torch.Tensor:
+    # Mapping: the stubs type autograd.grad as all tensors, but with allow_unused=True an unused one is None.
     g = grads.get(id(p))
     return torch.zeros_like(p) if g is None else g * p.detach()
 

@@ -31,8 +31,9 @@ the kept set (e.g. a hard-coded `view(-1, 512)`) is reported instead of silently
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..modspec import _CUSTOM as BUILDABLE
+from ...fxpatterns import module_path
+from ...models.modspec import _CUSTOM as BUILDABLE
 
 FIXED = 0
 
@@ -48,8 +50,8 @@ FIXED = 0
 class UnionFind:
     """Atoms 0..n-1 (0 = FIXED). The smaller root wins, so FIXED stays the root of whatever joins it."""
 
-    def __init__(self) -> None:
-        self.parent: list[int] = [0]
+    def __init__(self, n: int = 1) -> None:
+        self.parent: list[int] = list(range(n))
 
     def new(self, n: int) -> np.ndarray:
         start = len(self.parent)
@@ -105,14 +107,14 @@ class Lab:
 
     t: torch.Tensor
     pos: torch.Tensor
-    anchor: "Lab | None" = None  # None: this tensor is its own anchor
+    anchor: Lab | None = None  # None: this tensor is its own anchor
 
     @classmethod
-    def fresh(cls, t: torch.Tensor) -> "Lab":
+    def fresh(cls, t: torch.Tensor) -> Lab:
         return cls(t, torch.arange(t.numel()).view(t.shape))
 
     @property
-    def root(self) -> "Lab":
+    def root(self) -> Lab:
         return self.anchor or self
 
 
@@ -176,6 +178,13 @@ def _shape(node: fx.Node) -> tuple[int, ...] | None:
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
+def _tensor_shape(node: fx.Node) -> tuple[int, ...]:
+    """The shape of a node that outputs one tensor (ShapeProp recorded it)."""
+    shape = _shape(node)
+    assert shape is not None, node.name
+    return shape
+
+
 def _tensors_in(value: Any) -> list[Lab]:
     if isinstance(value, Lab):
         return [value]
@@ -200,9 +209,9 @@ class ChannelGraph:
     """The result of the analysis: classes of atoms, and where each module's channels come from."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor, ignore: list[str] | None = None,
-                 provided: dict[str, np.ndarray] | None = None, reference: "ChannelGraph | None" = None) -> None:
+                 provided: dict[str, np.ndarray] | None = None, reference: ChannelGraph | None = None) -> None:
         self.model = model
-        self.uf = reference.uf if reference is not None else UnionFind()
+        self.uf: UnionFind = reference.uf if reference is not None else UnionFind()
         self.verify = reference is not None
         self.provided = provided or {}  # verify mode: path -> classes each producer emits
         self.problems: list[str] = []
@@ -221,7 +230,7 @@ class ChannelGraph:
             try:
                 self.gm = trace(model, example)
             except Exception as exc:  # data-dependent control flow, or (verify) shapes that no longer fit
-                first = next((l for l in str(exc).splitlines() if l.strip()), type(exc).__name__)
+                first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
                 if self.verify:
                     raise UnsupportedGraph(first[:300]) from None
                 raise UntraceableModel(first[:300]) from None
@@ -250,12 +259,6 @@ class ChannelGraph:
         if changed:
             self.fixed_reasons.append(why)
 
-    def union_pairs(self, a: torch.Tensor, b: torch.Tensor, why: str) -> None:
-        pairs = torch.stack([a.reshape(-1), b.reshape(-1)], 1).unique(dim=0).numpy()
-        for x, y in pairs:
-            if x != y:
-                self.union(int(x), int(y), why)
-
     # -- interpretation ----------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -265,7 +268,7 @@ class ChannelGraph:
             args = fx.node.map_arg(node.args, lambda n: env[n])
             kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
             if node.op == "placeholder":
-                env[node] = Lab.fresh(torch.zeros(_shape(node), dtype=torch.int64))
+                env[node] = Lab.fresh(torch.zeros(_tensor_shape(node), dtype=torch.int64))
             elif node.op == "get_attr":
                 obj = self.gm
                 for part in node.target.split("."):
@@ -283,7 +286,7 @@ class ChannelGraph:
 
     def _module(self, node: fx.Node, m: nn.Module, args, kwargs):
         x = args[0] if args else None
-        path = self.paths.get(id(m), [node.target])[0]
+        path = self.paths.get(id(m), [module_path(node)])[0]
         if isinstance(m, nn.Conv2d) and isinstance(x, Lab) and len(args) == 1 and not kwargs:
             return self._conv(node, path, m, x)
         if isinstance(m, nn.Linear) and isinstance(x, Lab) and x.t.dim() == 2 and len(args) == 1:
@@ -294,9 +297,9 @@ class ChannelGraph:
                 return self._unknown(node, args, kwargs, f"{path}: {type(m).__name__} size does not match its input")
             self.uses.append(Use(node.name, path, "norm", labels))
             return self._channelwise(node, x, labels)
-        if isinstance(m, (nn.PReLU, nn.InstanceNorm2d)) and isinstance(x, Lab) and len(args) == 1:
-            if sum(p.numel() for p in m.parameters()) <= 1:  # no per-channel parameters
-                return self._channelwise(node, x)
+        no_per_channel_parameters = isinstance(m, (nn.PReLU, nn.InstanceNorm2d)) and sum(p.numel() for p in m.parameters()) <= 1
+        if no_per_channel_parameters and isinstance(x, Lab) and len(args) == 1:
+            return self._channelwise(node, x)
         if isinstance(m, CHANNELWISE_MODULES) and isinstance(x, Lab) and len(args) == 1:
             return self._channelwise(node, x)
         if isinstance(m, DATA_MODULES):
@@ -402,7 +405,7 @@ class ChannelGraph:
 
     def _emit(self, node: fx.Node, labels: np.ndarray) -> Lab:
         """A new anchor: `labels` along dim 1, broadcast to the node's real output shape."""
-        shape = _shape(node)
+        shape = _tensor_shape(node)
         view = [1] * len(shape)
         view[1] = len(labels)
         return Lab.fresh(torch.from_numpy(labels).view(view).expand(shape).contiguous())
@@ -436,7 +439,7 @@ class ChannelGraph:
         elif g > 1:
             self._union_blocks(labels, g, f"{path}: grouped conv input")
             self._union_blocks(out, g, f"{path}: grouped conv output")
-        shape = _shape(node)
+        shape = _tensor_shape(node)
         self.uses.append(Use(node.name, path, "conv", labels, out, g, m.kernel_size[0] * m.kernel_size[1],
                              int(np.prod(shape[2:]))))
         return self._emit(node, out)
@@ -553,7 +556,9 @@ class ChannelGraph:
             if isinstance(other, torch.Tensor) and other.numel() > 1:
                 labels = self.channels(x, node.name)
                 self.fix(labels, f"{node.name}: elementwise op with a constant tensor")
-                return self._emit(node, labels) if shape and len(shape) >= 2 and shape[1] == len(labels) else self._unknown(node, args, kwargs, node.name)
+                if shape and len(shape) >= 2 and shape[1] == len(labels):
+                    return self._emit(node, labels)
+                return self._unknown(node, args, kwargs, node.name)
         return self._channelwise(node, x)
 
     def _permutation_module(self, node: fx.Node, path: str, m: nn.Module, x: Lab) -> Lab:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
-from .graph import FIXED, ChannelGraph, Use
+from ...models.counting import count_params
+from .graph import FIXED, ChannelGraph, UnionFind, Use
 
 
 @dataclass
@@ -48,13 +49,18 @@ class Group:
 @dataclass
 class UseIndex:
     """A Use with every channel mapped to a prunable class index (-1: never removed)."""
-
     use: Use
     inputs: np.ndarray
     outputs: np.ndarray | None
     bias: bool = False
     affine_params: int = 0  # per-channel parameters of a norm layer
     first: bool = True  # first call of this module (parameters are counted once)
+
+    @property
+    def produced(self) -> np.ndarray:
+        """`outputs` of a use that has them (a conv or linear layer, the producers)."""
+        assert self.outputs is not None, self.use.path
+        return self.outputs
 
 
 @dataclass
@@ -85,7 +91,7 @@ class Problem:
                     total[key] += value
         return total
 
-    def tracker(self) -> "CostTracker":
+    def tracker(self) -> CostTracker:
         return CostTracker(self)
 
     def removed_fraction(self, removed: np.ndarray, metric: str) -> float:
@@ -96,13 +102,9 @@ class Problem:
 
 def build_problem(graph: ChannelGraph, model: nn.Module, round_to: int | None, max_ratio: float,
                   min_channels: dict[str, int] | None = None) -> Problem:
-    from ...evaluation import count_params
-
     roots: dict[int, int] = {}
 
-    def index_of(atoms: np.ndarray | None) -> np.ndarray | None:
-        if atoms is None:
-            return None
+    def index_of(atoms: np.ndarray) -> np.ndarray:
         out = np.empty(len(atoms), np.int64)
         for i, root in enumerate(graph.classes(atoms)):
             out[i] = -1 if root == FIXED else roots.setdefault(int(root), len(roots))
@@ -111,14 +113,15 @@ def build_problem(graph: ChannelGraph, model: nn.Module, round_to: int | None, m
     uses, seen = [], set()
     for use in graph.uses:
         module = model.get_submodule(use.path)
-        u = UseIndex(use, index_of(use.inputs), index_of(use.outputs), first=use.path not in seen)
+        outputs = index_of(use.outputs) if use.outputs is not None else None
+        u = UseIndex(use, index_of(use.inputs), outputs, first=use.path not in seen)
         seen.add(use.path)
         if use.kind in ("conv", "linear"):
             u.bias = getattr(module, "bias", None) is not None
         elif use.kind == "norm":
             u.affine_params = 2 if getattr(module, "affine", False) else 0
         uses.append(u)
-    order = np.array(sorted(roots, key=roots.get), dtype=np.int64)
+    order = np.array(sorted(roots, key=roots.__getitem__), dtype=np.int64)
     groups, group_of = _groups(uses, len(order), round_to, max_ratio, min_channels or {})
     problem = Problem(graph, order, uses, groups, group_of, base_params=count_params(model))
     problem.tracked_params = _tracked_params(uses)
@@ -152,33 +155,24 @@ def _tracked_params(uses: list[UseIndex]) -> int:
 def _groups(uses: list[UseIndex], n: int, round_to: int | None, max_ratio: float,
             min_channels: dict[str, int]) -> tuple[list[Group], np.ndarray]:
     """Union classes that share a producer's output; each connected set is a layer group."""
-    parent = list(range(n))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
+    classes = UnionFind(n)
     producers = [u for u in uses if u.use.kind in ("conv", "linear") and u.first]
     for u in producers:
-        idx = u.outputs[u.outputs >= 0]
+        idx = u.produced[u.produced >= 0]
         for a in idx[1:]:
-            ra, rb = find(int(idx[0])), find(int(a))
-            if ra != rb:
-                parent[rb] = ra
+            classes.union(int(idx[0]), int(a))
     members: dict[int, list[int]] = {}
     for c in range(n):
-        members.setdefault(find(c), []).append(c)
+        members.setdefault(classes.find(c), []).append(c)
     group_of = np.full(n, -1, np.int64)
     groups: list[Group] = []
-    for root, cls in members.items():
+    for cls in members.values():
         g = Group(len(groups), np.array(cls, np.int64), [])
         for c in cls:
             group_of[c] = g.index
         groups.append(g)
     for u in producers:
-        idx = u.outputs[u.outputs >= 0]
+        idx = u.produced[u.produced >= 0]
         if len(idx):
             groups[group_of[idx[0]]].producers.append(u.use.path)
     for g in groups:
@@ -186,12 +180,12 @@ def _groups(uses: list[UseIndex], n: int, round_to: int | None, max_ratio: float
         g.max_remove = min(g.size - 1, int(math.floor(max_ratio * g.size + 1e-9)))
     for u in producers:  # absolute floors (e.g. max_ratio over several rounds, against the first model)
         floor = min_channels.get(u.use.path)
-        idx = u.outputs[u.outputs >= 0]
+        idx = u.produced[u.produced >= 0]
         if floor is None or not len(idx):
             continue
         g = groups[group_of[idx[0]]]
         per_class = len(idx) / len(np.unique(idx))
-        spare = len(u.outputs) - floor
+        spare = len(u.produced) - floor
         g.max_remove = max(0, min(g.max_remove, int(math.floor(spare / per_class + 1e-9))))
     return groups, group_of
 
@@ -202,7 +196,7 @@ def _step(group: Group, producers: list[UseIndex], group_of: np.ndarray, round_t
         return 1
     step = 1
     for u in producers:
-        idx = u.outputs[u.outputs >= 0]
+        idx = u.produced[u.produced >= 0]
         if not len(idx) or group_of[idx[0]] != group.index:
             continue
         counts = np.unique(np.bincount(idx - idx.min())[np.unique(idx) - idx.min()])

@@ -11,20 +11,20 @@ lists the pruned layers, so fine-tuning can keep those zeros (`sparsity_masks`, 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from ..edits import Edit
+from ...models.edits import Edit
 from ..select import classifier
 
 SCOPES = ("global", "per_layer")
 
 
-def _prunable(model: nn.Module, ignore: list[str], keep_logits: bool) -> list[tuple[str, nn.Module]]:
+def _prunable(model: nn.Module, ignore: list[str], keep_logits: bool) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
     logits = classifier(model) if keep_logits else None
-    out = []
+    out: list[tuple[str, nn.Conv2d | nn.Linear]] = []
     for name, m in model.named_modules():
         if not isinstance(m, (nn.Conv2d, nn.Linear)) or name == logits:
             continue
@@ -67,7 +67,13 @@ def magnitude_prune(model: nn.Module, sparsity: float, scope: str = "global", ig
 
 def sparsity_masks(model: nn.Module, layers: list[str]) -> dict[str, torch.Tensor]:
     """Where each listed layer's weight is nonzero now (the pattern to keep while fine-tuning)."""
-    return {name: model.get_submodule(name).weight.detach() != 0 for name in layers}
+    return {name: _weight(model, name).detach() != 0 for name in layers}
+
+
+def _weight(model: nn.Module, name: str) -> torch.Tensor:
+    weight = model.get_submodule(name).weight
+    assert isinstance(weight, torch.Tensor), f"{name} has no weight tensor"
+    return weight
 
 
 def keep_zeros(masks: dict[str, torch.Tensor]) -> Callable[[nn.Module], None]:
@@ -76,7 +82,7 @@ def keep_zeros(masks: dict[str, torch.Tensor]) -> Callable[[nn.Module], None]:
     @torch.no_grad()
     def apply(model: nn.Module) -> None:
         for name, mask in masks.items():
-            model.get_submodule(name).weight.mul_(mask)
+            _weight(model, name).mul_(mask)
 
     return apply
 

@@ -3,7 +3,7 @@ session per model and runs the agent (or benchmark_model) there, returning its J
 
 from __future__ import annotations
 
-from .base import TRANSPORTS, Session, Transport, make_transport
 from . import adb, local, qemu, ssh  # noqa: F401  (registration)
+from .base import TRANSPORTS, Session, Transport, make_transport
 
 __all__ = ["TRANSPORTS", "Session", "Transport", "make_transport"]

@@ -16,20 +16,23 @@ import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from ... import procs
+from ...artifacts import sha256_file
 from ...errors import PipelineError, UserError
 from ..benchmark_model import benchmark_model_flags, parse_benchmark_output
 from .base import AGENT, TRANSPORTS, Session, Transport, parse_agent_output
-from .ssh import TEMP_PREFIX, sha256_of
+from .ssh import TEMP_PREFIX
 
 EXIT_MARKER = "__edge_pipeline_exit="
 
 
 class AdbSession(Session):
-    def __init__(self, transport: "AdbTransport", remote_dir: str, model: str, inputs: str | None, sha256: str) -> None:
+    def __init__(self, transport: AdbTransport, remote_dir: str, model: str, inputs: str | None, sha256: str) -> None:
         super().__init__(transport, model, inputs, sha256)
         self.remote_dir = remote_dir
 
@@ -44,7 +47,7 @@ class AdbSession(Session):
         t: AdbTransport = self.transport  # type: ignore[assignment]
         code, out, err = t.shell(t.benchmark_command(self.remote_dir, self.model, mode), timeout)
         if code != 0:
-            tail = ([l for l in (out + err).splitlines() if l.strip()] or ["no output"])[-1]
+            tail = ([line for line in (out + err).splitlines() if line.strip()] or ["no output"])[-1]
             raise PipelineError(f"device {t.device.name}: benchmark_model failed (exit {code}): {tail[:300]}")
         try:
             return parse_benchmark_output(out + "\n" + err)
@@ -84,7 +87,7 @@ class AdbTransport(Transport):
         if shutil.which(cmd[0]) is None and not Path(cmd[0]).is_file():
             raise UserError(f"device {self.device.name}: {cmd[0]} not found; install adb (`make system-deps`) or set transport.adb")
         try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            return procs.run(cmd, timeout=timeout)  # dies with us (the adb server is not our child)
         except subprocess.TimeoutExpired:
             raise PipelineError(f"device {self.device.name}: adb did not finish within {timeout:.0f}s") from None
 
@@ -122,7 +125,8 @@ class AdbTransport(Transport):
         code, out, err = self.shell("mktemp -d " + shlex.quote(template))
         remote_dir = out.strip()
         if code != 0 or not self.is_our_temp_dir(remote_dir):
-            raise PipelineError(f"device {self.device.name}: cannot make a temp dir under {self.settings.remote_dir}: {(out + err).strip()[:200]}")
+            raise PipelineError(f"device {self.device.name}: cannot make a temp dir under {self.settings.remote_dir}: "
+                                f"{(out + err).strip()[:200]}")
         try:
             files = {"model.tflite": Path(model)}
             if self.device.runtime.name == "benchmark_model":
@@ -133,11 +137,11 @@ class AdbTransport(Transport):
                     files["inputs.npy"] = Path(inputs)
             for name, path in files.items():
                 self.push(path, f"{remote_dir}/{name}")
-            self.verify(remote_dir, {name: sha256_of(path) for name, path in files.items()})
+            self.verify(remote_dir, {name: sha256_file(path) for name, path in files.items()})
             if "benchmark_model" in files:
                 self.shell("chmod 755 " + shlex.quote(f"{remote_dir}/benchmark_model"))
             yield AdbSession(self, remote_dir, f"{remote_dir}/model.tflite",
-                             f"{remote_dir}/inputs.npy" if "inputs.npy" in files else None, sha256_of(Path(model)))
+                             f"{remote_dir}/inputs.npy" if "inputs.npy" in files else None, sha256_file(Path(model)))
         finally:
             if self.is_our_temp_dir(remote_dir):
                 try:

@@ -9,9 +9,10 @@ also when a run failed.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ...errors import PipelineError, UserError
 from ...registry import Registry
@@ -22,7 +23,7 @@ AGENT = Path(__file__).resolve().parents[1] / "agent.py"
 class Session:
     """One model placed on one device. `model`/`inputs` are paths as the device sees them."""
 
-    def __init__(self, transport: "Transport", model: str, inputs: str | None, sha256: str | None) -> None:
+    def __init__(self, transport: Transport, model: str, inputs: str | None, sha256: str | None) -> None:
         self.transport = transport
         self.model = model
         self.inputs = inputs
@@ -54,11 +55,6 @@ class Transport:
         raise NotImplementedError
         yield
 
-    def run_agent(self, model: Path, args: list[str], timeout: float) -> dict[str, Any]:
-        """One agent run in its own session (convenience for a single measurement)."""
-        with self.session(model) as session:
-            return session.agent(args, timeout)
-
     def check(self) -> str | None:
         """None if the device is reachable and has a runtime, else why not (one line)."""
         return None
@@ -85,7 +81,7 @@ MISSING_RUNTIME_HINT = "install numpy and ai-edge-litert (or tflite-runtime) for
 
 def parse_agent_output(stdout: str, stderr: str, device: str) -> dict[str, Any]:
     """The agent's JSON (its last stdout line), or one clear error naming the device."""
-    lines = [l for l in stdout.strip().splitlines() if l.startswith("{")]
+    lines = [line for line in stdout.strip().splitlines() if line.startswith("{")]
     if not lines:
         tail = (stderr.strip().splitlines() or ["no output"])[-1]
         raise PipelineError(f"device {device}: the agent produced no result ({tail[:300]})")

@@ -1,4 +1,5 @@
-"""`local`: the agent in a fresh subprocess on this machine, optionally pinned with taskset."""
+"""`local`: the agent in a fresh subprocess on this machine, optionally pinned with taskset.
+The agent runs through `procs`: its own process group, killed on timeout, and dead with us."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from ... import procs
 from ...errors import PipelineError, UserError
 from .base import AGENT, RUNTIME_PROBE, TRANSPORTS, Session, Transport, parse_agent_output
 
@@ -31,7 +33,7 @@ class LocalSession(Session):
 
 def run_local(cmd: list[str], device: str, timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = procs.run(cmd, timeout=timeout, env=env)
     except FileNotFoundError as exc:
         raise UserError(f"device {device}: cannot start {exc.filename}; check the device file") from None
     except subprocess.TimeoutExpired:
@@ -57,7 +59,10 @@ class LocalTransport(Transport):
             return f"python {python!r} not found"
         if self.device.pin_cores and shutil.which("taskset") is None:
             return "pin_cores needs taskset (util-linux)"
-        probe = subprocess.run([python, "-c", RUNTIME_PROBE], capture_output=True, text=True, timeout=120)
+        try:
+            probe = procs.run([python, "-c", RUNTIME_PROBE], timeout=120)
+        except subprocess.TimeoutExpired:
+            return f"{python}: the runtime probe did not answer within 120s"
         if probe.returncode != 0:
             return f"{python}: {(probe.stderr.strip().splitlines() or ['no TFLite runtime'])[-1]}"
         return None

@@ -12,15 +12,17 @@ locally no shell is ever involved.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from ... import procs
+from ...artifacts import LIMIT_TFLITE, read_bytes_bounded, sha256_file
 from ...errors import PipelineError, UserError
 from .base import AGENT, MISSING_RUNTIME_HINT, RUNTIME_PROBE, TRANSPORTS, Session, Transport, parse_agent_output
 
@@ -35,18 +37,13 @@ _HASH_SCRIPT = (
     "    print(h.hexdigest(), p)\n"
 )
 TEMP_PREFIX = "edge-pipeline."
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# What ssh prints when the target cannot be reached at all (as opposed to refusing us).
+UNREACHABLE_MARKERS = ("Connection refused", "timed out", "No route to host", "Could not resolve hostname",
+                       "Name or service not known", "Network is unreachable")
 
 
 class SshSession(Session):
-    def __init__(self, transport: "SshTransport", remote_dir: str, model: str, inputs: str | None, sha256: str) -> None:
+    def __init__(self, transport: SshTransport, remote_dir: str, model: str, inputs: str | None, sha256: str) -> None:
         super().__init__(transport, model, inputs, sha256)
         self.remote_dir = remote_dir
 
@@ -73,18 +70,21 @@ class SshTransport(Transport):
         return f"{s.user}@{s.host}" if s.user else s.host
 
     def options(self) -> list[str]:
+        """ssh's options, each from a typed, validated field of the device file (devices.SshSettings):
+        no value reaches ssh that could name a command, a config file or a `%` token."""
         s = self.settings
         opts = [
             "-o", "BatchMode=yes", "-o", f"StrictHostKeyChecking={s.strict_host_key_checking}",
-            "-o", f"ConnectTimeout={s.connect_timeout_s}", "-o", "ServerAliveInterval=5",
-            "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR", "-p", str(s.port),
+            "-o", f"ConnectTimeout={s.connect_timeout_s}", "-o", f"ServerAliveInterval={s.server_alive_interval_s}",
+            "-o", f"ServerAliveCountMax={s.server_alive_count_max}", "-o", f"Compression={'yes' if s.compression else 'no'}",
+            "-o", f"AddressFamily={s.address_family}", "-o", "LogLevel=ERROR", "-p", str(s.port),
         ]
         if s.known_hosts_file:
             opts += ["-o", f"UserKnownHostsFile={Path(s.known_hosts_file).expanduser()}", "-o", "GlobalKnownHostsFile=/dev/null"]
         if s.identity_file:
             opts += ["-i", str(Path(s.identity_file).expanduser()), "-o", "IdentitiesOnly=yes"]
-        for option in s.options:
-            opts += ["-o", option]
+        if s.jump_host:
+            opts += ["-J", s.jump_host]
         return opts
 
     def ssh_command(self, remote: str) -> list[str]:
@@ -101,7 +101,7 @@ class SshTransport(Transport):
         if shutil.which("ssh") is None:
             raise UserError("the ssh transport needs the OpenSSH client (`make system-deps` or apt-get install openssh-client)")
         try:
-            proc = subprocess.run(self.ssh_command(remote), input=stdin, capture_output=True, timeout=timeout)
+            proc = procs.run(self.ssh_command(remote), input=stdin, timeout=timeout, text=False)  # dies with us
         except subprocess.TimeoutExpired:
             raise PipelineError(f"device {self.device.name}: ssh command did not finish within {timeout:.0f}s") from None
         out = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(errors="replace"),
@@ -123,8 +123,9 @@ class SshTransport(Transport):
             return (f"device {name}: refusing {where}: {why}; verify the key on the device, then add it "
                     f"(ssh-keyscan -p {s.port} {s.host} >> {known}) or fix the entry")
         if "Permission denied" in stderr:
-            return f"device {name}: {where} refused the login ({text[-160:]}); add your public key to the target's authorized_keys or set transport.identity_file"
-        for marker in ("Connection refused", "timed out", "No route to host", "Could not resolve hostname", "Name or service not known", "Network is unreachable"):
+            return (f"device {name}: {where} refused the login ({text[-160:]}); add your public key to the target's "
+                    "authorized_keys or set transport.identity_file")
+        for marker in UNREACHABLE_MARKERS:
             if marker in stderr:
                 return f"device {name}: cannot reach {where} ({marker}); check that it is on, its address and port"
         return f"device {name}: ssh to {where} failed: {text[-300:] or 'no message'}"
@@ -144,7 +145,7 @@ class SshTransport(Transport):
         return re.fullmatch(prefix + r"[A-Za-z0-9]{8}", path) is not None
 
     def upload(self, local: Path, remote: str) -> None:
-        proc = self.ssh("cat > " + shlex.quote(remote), stdin=local.read_bytes())
+        proc = self.ssh("cat > " + shlex.quote(remote), stdin=read_bytes_bounded(local, LIMIT_TFLITE, "file to copy"))
         if proc.returncode != 0:
             raise PipelineError(f"device {self.device.name}: copying {local.name} failed: "
                                 f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
@@ -177,7 +178,7 @@ class SshTransport(Transport):
             files = {"agent.py": AGENT, "model.tflite": Path(model)}
             if inputs is not None:
                 files["inputs.npy"] = Path(inputs)
-            digests = {name: sha256_of(path) for name, path in files.items()}
+            digests = {name: sha256_file(path) for name, path in files.items()}
             for name, path in files.items():
                 self.upload(path, f"{remote_dir}/{name}")
             self.verify(remote_dir, digests)

@@ -8,12 +8,18 @@ of them, and our own modules registered with `@buildable` (which expose `spec_ar
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
-import torch
 from torch import nn
 
 _CUSTOM: dict[str, Callable[..., nn.Module]] = {}
+
+
+class Buildable(Protocol):
+    """What a `@buildable` class provides besides being an nn.Module."""
+
+    def spec_args(self) -> dict[str, Any]: ...
 
 
 def buildable(cls):
@@ -60,7 +66,7 @@ _STANDARD: dict[str, tuple[type[nn.Module], Callable[[Any], dict[str, Any]]]] = 
 def module_spec(module: nn.Module) -> dict[str, Any]:
     name = type(module).__name__
     if name in _CUSTOM and type(module) is _CUSTOM[name]:
-        return {"type": name, "args": module.spec_args()}
+        return {"type": name, "args": cast(Buildable, module).spec_args()}  # registered with @buildable
     if type(module) is nn.Sequential:
         return {"type": "Sequential", "children": [module_spec(child) for child in module]}
     if name in _STANDARD and type(module) is _STANDARD[name][0]:
@@ -87,22 +93,3 @@ def build_module(spec: dict[str, Any]) -> nn.Module:
                 args["padding"] = tuple(args["padding"])
         return cls(**args)
     raise ValueError(f"unknown module type {kind!r} in saved structure (written by a newer edge-pipeline?)")
-
-
-def same_structure(a: nn.Module, b: nn.Module) -> bool:
-    """True if both modules would be rebuilt identically from their specs."""
-    try:
-        return module_spec(a) == module_spec(b)
-    except TypeError:
-        return False
-
-
-def shapes_of(model: nn.Module) -> dict[str, tuple[torch.Size, ...]]:
-    """Parameter shapes per leaf module, to find what an in-place edit (pruning) changed."""
-    out: dict[str, tuple[torch.Size, ...]] = {}
-    for name, module in model.named_modules():
-        params = tuple(p.shape for p in module.parameters(recurse=False))
-        buffers = tuple(b.shape for b in module.buffers(recurse=False))
-        if params or buffers:
-            out[name] = params + buffers
-    return out

@@ -1,0 +1,137 @@
+"""Every `torchvision:<name>` classifier the README promises: saved, reloaded, identical outputs;
+and one model of every CNN family converted to TFLite from its reloaded copy.
+
+Some torchvision modules read the state-dict version metadata when loading (MNASNet refuses to
+load without it); safetensors does not keep it, so `structure.json` records it (issue 11.11).
+Models above ~10M parameters are `slow` (building and saving them takes 10-90 s each here).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from edge_pipeline.errors import UserError
+from edge_pipeline.models import BaseSpec, build_model
+from edge_pipeline.models.names import TORCHVISION_CLASSIFIERS
+from edge_pipeline.models.store import STRUCTURE_FILE, TrackedModel, load_model, save_model
+
+SIZE = 64
+# Architectures built for one input size family (see models/tv.py): the smallest size each takes.
+SIZES = {"inception_v3": 80, "maxvit_t": 224, "vit_h_14": 56}
+FAST_PARAMS = 10_000_000
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine, two spinning threads make a 0.2 s forward take 10 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def size_of(name: str) -> int:
+    return SIZES.get(name, SIZE)
+
+
+def params_of(name: str) -> int:
+    """Parameter count from torchvision's weights metadata (no model is built)."""
+    return int(torchvision.models.get_model_weights(name).DEFAULT.meta["num_params"])
+
+
+def cases():
+    for name in TORCHVISION_CLASSIFIERS:
+        fast = params_of(name) <= FAST_PARAMS
+        marks = [] if fast else [pytest.mark.slow]
+        yield pytest.param(name, 3, marks=marks, id=f"{name}-rgb")
+        if fast:  # the first-conv adapter, on the models cheap enough to build twice
+            yield pytest.param(name, 1, id=f"{name}-gray")
+
+
+def saved_and_reloaded(name: str, channels: int, folder) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
+    spec = BaseSpec(f"torchvision:{name}", 3, channels, size_of(name))
+    torch.manual_seed(0)
+    original = build_model(spec).eval()
+    save_model(TrackedModel(original, spec, meta={"class_names": ["a", "b", "c"]}), folder)
+    reloaded = load_model(folder).module
+    x = torch.randn(2, channels, size_of(name), size_of(name))
+    return original, reloaded, x
+
+
+@pytest.mark.parametrize("name,channels", list(cases()))
+def test_every_torchvision_classifier_reloads_with_identical_outputs(tmp_path, name, channels):
+    original, reloaded, x = saved_and_reloaded(name, channels, tmp_path)
+    with torch.no_grad():
+        expected, got = original(x), reloaded(x)
+    assert got.shape == (2, 3)
+    assert torch.equal(expected, got)
+
+
+def test_mnasnet_versions_are_saved_and_old_folders_still_load(tmp_path):
+    """The reported case: MNASNet's `_load_from_state_dict` needs version 2 in the metadata."""
+    original, reloaded, x = saved_and_reloaded("mnasnet0_5", 3, tmp_path)
+    structure = json.loads((tmp_path / STRUCTURE_FILE).read_text())
+    assert structure["module_versions"][""] == 2  # MNASNet itself (BatchNorms are version 2 too)
+    del structure["module_versions"]  # a folder written before versions were recorded
+    (tmp_path / STRUCTURE_FILE).write_text(json.dumps(structure))
+    with torch.no_grad():
+        assert torch.equal(original(x), load_model(tmp_path).module(x))
+
+
+def test_size_constraints_are_user_errors():
+    with pytest.raises(UserError, match="inception_v3 needs image_size >= 75"):
+        build_model(BaseSpec("torchvision:inception_v3", 3, 3, 64))
+    with pytest.raises(UserError, match="maxvit_t needs image_size a multiple of 224"):
+        build_model(BaseSpec("torchvision:maxvit_t", 3, 3, 64))
+    with pytest.raises(UserError, match="patch size 16"):
+        build_model(BaseSpec("torchvision:vit_b_16", 3, 3, 40))
+
+
+# One member of every CNN family torchvision has (the transformers, ViT, Swin and MaxViT, are not
+# CNNs); the smallest of each, at 64 px (inception_v3 needs 75+).
+FAMILIES = [
+    "alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "googlenet", "inception_v3", "mnasnet0_5",
+    "mobilenet_v2", "mobilenet_v3_small", "regnet_y_400mf", "resnet18", "shufflenet_v2_x0_5", "squeezenet1_1",
+    "vgg11",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_cnn_family_converts_to_tflite_after_reload(tmp_path, name):
+    """The export stage's path (fold, ONNX, onnx2tf) on the reloaded model: float32 matches torch,
+    int8 loads and runs."""
+    from edge_pipeline.convert.nhwc import fold_flatten_linear
+    from edge_pipeline.convert.onnx_export import compare_onnx_to_torch, export_onnx, relative_max_error
+    from edge_pipeline.convert.runtime import load_interpreter, run_tflite
+    from edge_pipeline.convert.tflite_convert import run_conversion
+
+    size = size_of(name)
+    _, model, _ = saved_and_reloaded(name, 3, tmp_path / "saved")
+    with torch.no_grad():  # BatchNorm statistics from data, so activations have a trained net's ranges
+        model.train()
+        for _ in range(2):
+            model(torch.randn(8, 3, size, size))
+    model.eval()
+    shape = (1, 3, size, size)
+    onnx_path = tmp_path / "model.onnx"
+    exported, _ = fold_flatten_linear(model, shape)
+    export_onnx(exported, shape, onnx_path, scopes=getattr(exported, "export_scopes", None))
+    rng = np.random.default_rng(0)
+    inputs = rng.standard_normal((4, size, size, 3)).astype(np.float32)
+    compare_onnx_to_torch(model, onnx_path, inputs.transpose(0, 3, 1, 2).copy(), 1e-4)
+    calibration = rng.standard_normal((8, size, size, 3)).astype(np.float32)
+    conversion = run_conversion(onnx_path, tmp_path, ["float32", "int8"], np.clip(calibration * 0.25 + 0.5, 0, 1),
+                                calibration, log_path=tmp_path / "convert.log")
+    assert not conversion.failed, conversion.failed
+    with torch.no_grad():
+        reference = model(torch.from_numpy(inputs).permute(0, 3, 1, 2)).numpy()
+    float_logits = run_tflite(load_interpreter(conversion.files["float32"]), [inputs])
+    assert relative_max_error(float_logits, reference) < 1e-3
+    int8_logits = run_tflite(load_interpreter(conversion.files["int8"]), [inputs])
+    assert int8_logits.shape == reference.shape and np.isfinite(int8_logits).all()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -12,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserError
+from .errors import PipelineError, UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -54,9 +55,36 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+# Writes the file system refuses: read-only, full, over quota, not permitted (chattr +i gives EPERM).
+WRITE_REFUSED = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
+
+
+def write_refused(exc: BaseException | None, path: str | os.PathLike | None = None) -> PipelineError | None:
+    """The one-line PipelineError (exit 1) for a write the file system refused, naming the path; None
+    for any other error. What was written before stays intact, so a rerun resumes."""
+    if not isinstance(exc, OSError) or exc.errno not in WRITE_REFUSED:
+        return None
+    where = path or exc.filename or "(unknown path)"
+    hint = {errno.EROFS: "the file system is read-only: write somewhere else (--out)",
+            errno.ENOSPC: "the disk is full: free some space", errno.EDQUOT: "over the disk quota: free some space"}
+    fix = hint.get(exc.errno, "no permission to write there: make it writable or write somewhere else (--out)")
+    return PipelineError(f"{where}: cannot write ({os.strerror(exc.errno)}); {fix}, then rerun "
+                         "(completed stages are kept)")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
     path = Path(path)
+    try:
+        _atomic_write(path, data)
+    except OSError as exc:
+        refused = write_refused(exc, exc.filename or path)
+        if refused is None:
+            raise
+        raise refused from None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

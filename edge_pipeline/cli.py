@@ -48,8 +48,12 @@ def launch_ranks(args: argparse.Namespace, out: Path) -> int:
 
     if distributed.world()[1] > 1:
         raise UserError("--nproc: this process was already launched distributed (torchrun); drop --nproc")
+    from .rundir import RunDir
+
+    run = RunDir(out)
+    run.claim()  # before the rank logs go in: the folder must be ours (or new) first
     argv = ["run", args.recipe, "--out", str(out)] + [f"--set={s}" for s in args.set] + [f"--force={f}" for f in args.force]
-    return distributed.launch(argv, args.nproc, log_dir=str(out / "logs"))
+    return distributed.launch(argv, args.nproc, log_dir=str(run.logs_dir))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -76,8 +80,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     samples = None
     if args.inputs:
         from .artifacts import read_npy
+        from .convert.diagnose import check_input_samples
 
         samples = read_npy(args.inputs, what=".npy array of inputs")  # bounded, never unpickled
+        samples = check_input_samples(samples, model, args.inputs)  # shape and dtype: exit 2 naming both
     profile = profile_model(model, device, args.threads, samples=samples)
     text = json.dumps(profile, indent=2)
     if args.out:
@@ -137,7 +143,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """Per-layer error of a reduced-precision .tflite against its float32 reference."""
     from .convert.compat import ensure_loadable
-    from .convert.diagnose import diagnose, diagnosis_inputs, format_table
+    from .convert.diagnose import check_pair, diagnose, diagnosis_inputs, format_table
+    from .convert.inspect import read_graph
     from .errors import UserError
 
     paths = [Path(p) for p in args.paths]
@@ -150,6 +157,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         float_path, quant_path = paths
     else:
         raise UserError("diagnose: give a run folder, or FLOAT.tflite QUANT.tflite")
+    check_pair(read_graph(float_path), read_graph(quant_path))  # structure and order, before any runtime
     for path in (float_path, quant_path):
         ensure_loadable(path)  # in a subprocess first: a corrupt file must not crash this process
     inputs, source = diagnosis_inputs(float_path, inputs_path, args.samples)
@@ -189,7 +197,7 @@ def _run_dir_models(run_dir: Path, precision: str | None):
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from .errors import UserError
+    from .errors import PipelineError, UserError
     from .profiling.devices import catalog, load_device_file
     from .profiling.transports import make_transport
 
@@ -201,21 +209,25 @@ def cmd_devices(args: argparse.Namespace) -> int:
         if unknown:
             raise UserError(f"unknown device {', '.join(map(repr, unknown))}; known: {', '.join(files)}")
         files = {**{n: files[n] for n in args.names}, **extras}  # files given by --device-file are named too
-    devices = [load_device_file(path) for path in files.values()]  # every file is valid before anything runs
-    unreachable = 0
+    # Every file is valid before anything runs; files found by name get the rules for ./devices.
+    devices = [load_device_file(path, implicit=name not in extras) for name, path in files.items()]
+    unreachable: list[str] = []
     for device in devices:
         line = f"{device.name:<18} {device.transport.kind:<6} {device.arch:<8} {device.runtime.name:<16} {device.description}"
         if args.check:
             problem = make_transport(device).check()
-            unreachable += problem is not None
+            if problem is not None:
+                unreachable.append(device.name)
             line += "\n  -> reachable" if problem is None else f"\n  -> unreachable: {problem}"
         print(line)
     if args.check:
-        print(f"{len(files) - unreachable} of {len(files)} devices reachable")
+        print(f"{len(files) - len(unreachable)} of {len(files)} devices reachable")
     # A device asked for by name (or file) that cannot be reached fails the command (exit 1), so
     # scripts can use `devices --check NAME`; a survey of the whole catalog only reports.
-    named = bool(args.names or args.device_file)
-    return 1 if args.check and named and unreachable else 0
+    if args.check and (args.names or args.device_file) and unreachable:
+        raise PipelineError(f"devices --check: {', '.join(unreachable)} not reachable (the reason is above); "
+                            "fix the device file or the connection")
+    return 0
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -357,6 +369,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `edge-pipeline stages | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a read-only folder or a full disk, wherever the write happened
+        from .artifacts import write_refused
+
+        refused = write_refused(exc)
+        if refused is None:
+            raise
+        print(f"error: {refused}", file=sys.stderr)
+        return refused.exit_code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,8 +14,9 @@ KeyboardInterrupt, as usual) in the main thread, so `finally` blocks run: childr
 temp folders removed. A second signal during that cleanup is ignored.
 
 Temp folders: `temp_dir(kind)` makes `$TMPDIR/edge-pipeline-<kind>-<pid>-<random>`, removed on exit,
-on errors and on those signals. A `kill -9` still leaves one behind: `sweep_stale_temp_dirs` (run at
-every CLI start) removes folders whose name matches that pattern exactly, that are real directories
+on errors and on those signals. For `kill -9`, which runs no cleanup, a small reaper child (started
+with the first temp folder) gets SIGTERM as its parent-death signal and removes them; should that
+fail too (the reaper itself killed), `sweep_stale_temp_dirs` (run at every CLI start) removes folders whose name matches that pattern exactly, that are real directories
 (not symlinks) owned by this user, and whose owner PID is dead (or now belongs to a process started
 after the folder was last written). Nothing else is ever touched.
 """
@@ -79,15 +80,15 @@ def _prctl() -> Any:
     return _prctl_function or None
 
 
-def _child_setup(parent_pid: int) -> Callable[[], None]:
-    """Runs in the child between fork and exec: ask for SIGKILL when the parent dies. If the parent
-    already died before that request, no signal will ever come: exit at once."""
+def _child_setup(parent_pid: int, death_signal: int = signal.SIGKILL) -> Callable[[], None]:
+    """Runs in the child between fork and exec: ask for `death_signal` when the parent dies. If the
+    parent already died before that request, no signal will ever come: exit at once."""
     prctl = _prctl()
-    kill = int(signal.SIGKILL)
+    signum = int(death_signal)
 
     def setup() -> None:
         if prctl is not None:
-            prctl(_PR_SET_PDEATHSIG, kill, 0, 0, 0)
+            prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
         if os.getppid() != parent_pid:
             os._exit(137)
 
@@ -383,12 +384,46 @@ def temp_root() -> Path:
     return Path(tempfile.gettempdir())
 
 
+# The reaper: a tiny child that waits for this process to die (however it dies: the parent-death
+# signal is SIGTERM for it) and then removes this process's temp folders, so even `kill -9` of a run
+# leaves none behind. It matches the same exact names as `sweep_stale_temp_dirs`, for our PID only.
+_REAPER = r"""
+import os, re, shutil, signal, sys
+parent, root = int(sys.argv[1]), sys.argv[2]
+name = re.compile(r"edge-pipeline-[a-z0-9]+-%d-[a-z0-9_]{8}" % parent)
+def reap(*_):
+    for entry in os.scandir(root):
+        if name.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+    os._exit(0)
+signal.signal(signal.SIGTERM, reap)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+while True:
+    signal.pause()
+"""
+_reaper: subprocess.Popen | None = None
+
+
+def _start_reaper() -> None:
+    """Once per process (from the thread that makes temp folders, normally the main thread)."""
+    global _reaper
+    if _reaper is not None and _reaper.poll() is None:
+        return
+    _reaper = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _REAPER, str(os.getpid()), str(temp_root())],
+        stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL, close_fds=True, start_new_session=True,
+        preexec_fn=_child_setup(os.getpid(), signal.SIGTERM),
+    )
+
+
 @contextmanager
 def temp_dir(kind: str) -> Iterator[Path]:
     """A private folder `$TMPDIR/edge-pipeline-<kind>-<pid>-<random>` (mode 700), removed on the way
     out (errors and signals included; see `sweep_stale_temp_dirs` for kill -9)."""
     if not _KIND.fullmatch(kind):
         raise ValueError(f"temp folder kind must match {_KIND.pattern}: {kind!r}")
+    if threading.current_thread() is threading.main_thread():
+        _start_reaper()
     path = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{kind}-{os.getpid()}-"))
     _temp_dirs.add(path)
     try:

@@ -19,8 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from .artifacts import LIMIT_YAML, read_text_bounded
 from .errors import UserError
-from .models.base import MAX_CLASSES
-from .models.names import check_arch
+from .models.names import MAX_CLASSES, check_arch
 from .rundir import stage_dirname
 from .schema import NAME_MAX_LENGTH
 from .stages import STAGES
@@ -336,12 +335,42 @@ class _Errors:
 
     def add_pydantic(self, exc: ValidationError, prefix: tuple, model: type[BaseModel]) -> None:
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+            loc = _data_path(self.located.data, prefix, tuple(err["loc"]))
             self.add(prefix + loc, _describe(err, model, loc))
 
     def raise_if_any(self) -> None:
         if self.lines:
             raise UserError("\n".join(self.lines))
+
+
+def _data_path(root: Any, prefix: tuple, loc: tuple) -> tuple:
+    """`loc` without the union-member tags pydantic inserts (e.g. "function-after[...]", "int").
+
+    A part that is a key (or index) of the data at that point is the user's, whatever it is called
+    (a key may well be named "int" or contain "["); only parts that are not are tested as tags.
+    """
+    node = root
+    for part in prefix:
+        node = _child(node, part)
+    out = []
+    for part in loc:
+        child = _child(node, part)
+        if child is _ABSENT and _is_union_tag(part):
+            continue
+        out.append(part)
+        node = child
+    return tuple(out)
+
+
+_ABSENT = object()
+
+
+def _child(node: Any, part: Any) -> Any:
+    if isinstance(node, dict) and part in node:
+        return node[part]
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return _ABSENT
 
 
 def _is_union_tag(part: Any) -> bool:

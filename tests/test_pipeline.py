@@ -17,6 +17,7 @@ import pytest
 from edge_pipeline.cli import main
 from edge_pipeline.errors import UserError
 from edge_pipeline.pipeline import Pipeline
+from edge_pipeline.rundir import RunDir
 from edge_pipeline.recipe import load_recipe
 
 from .conftest import REPO, TINY_HEAD, write
@@ -112,11 +113,12 @@ def test_force_unknown_stage_is_bad_input(tiny_recipe, tmp_path):
 
 
 def test_a_second_run_on_the_same_folder_is_refused(tiny_recipe, tmp_path):
-    tmp_path.mkdir(exist_ok=True)
-    with open(tmp_path / ".lock", "w") as fh:
+    out = tmp_path / "run"
+    RunDir(out).claim()  # a folder of ours that another run holds
+    with open(out / ".lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         with pytest.raises(UserError, match="another edge-pipeline run"):
-            Pipeline(load_recipe(tiny_recipe), tmp_path).run()
+            Pipeline(load_recipe(tiny_recipe), out).run()
 
 
 def test_removed_stages_leave_no_stale_folders(first_run, tmp_path):

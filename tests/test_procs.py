@@ -273,14 +273,12 @@ def test_sigterm_during_profiling_leaves_no_agent_and_no_temp_folder(tmp_path):
     assert our_temp_dirs(tmpdir) == []
 
 
-def test_kill_9_during_profiling_kills_the_agent_and_the_next_start_sweeps_the_folder(tmp_path):
+def test_kill_9_during_profiling_kills_the_agent_and_the_reaper_removes_the_folder(tmp_path):
     run, agent, tmpdir = start_profile(tmp_path)
     run.kill()
     run.wait()
     assert gone_within(agent, 2.0)
-    left = our_temp_dirs(tmpdir)
-    assert len(left) == 1 and left[0].startswith(f"edge-pipeline-profile-{run.pid}-")  # nobody could remove it
-    later = cli("stages", "train", cwd=tmp_path, tmpdir=tmpdir)
-    later.communicate(timeout=60)
-    assert later.returncode == 0
+    deadline = time.monotonic() + 5
+    while our_temp_dirs(tmpdir) and time.monotonic() < deadline:  # the reaper gets SIGTERM as run dies
+        time.sleep(0.05)
     assert our_temp_dirs(tmpdir) == []

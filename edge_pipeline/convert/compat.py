@@ -234,7 +234,12 @@ def fix_for(problems: list[Problem], runtime: str, version: str | None) -> str:
     if any("prepare" in p.reason for p in problems):
         return ("the runtime rejects this op's quantization parameters (typically an activation range too small or "
                 "too large for the integer type): use another precision (int8 or float16) or recalibrate with real data")
-    return f"{UPGRADE}, or deploy another precision"
+    if any("needs runtime >=" in p.reason for p in problems):
+        return f"{UPGRADE}, or deploy another precision"
+    if any(p.reason.startswith("custom op") for p in problems):
+        return "build the runtime with the custom op, or change the layer that needs it (see `edge-pipeline inspect`)"
+    # Anything else (a damaged file, a crash): a package upgrade is no fix, so none is suggested.
+    return "check the file with `edge-pipeline inspect` and re-export it, or deploy another precision"
 
 
 def check_model(

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import fnmatch
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -102,14 +103,16 @@ def match_graphs(f: Graph, q: Graph) -> Matching:
         tensor_map[froot.get(a, a)] = qroot.get(b, b)
     used: set[int] = set()
     last = -1
-    pairs, unmatched = [], []
+    pairs: list[tuple[Node, Node, str]] = []
+    unmatched: list[Node] = []
     for node in fnodes:
         candidates = [
             (k, c) for k, c in enumerate(qnodes)
             if k not in used and c.op.name == node.op.name and _shapes(q, c) == _shapes(f, node)
         ]
         want = [tensor_map.get(t) for t in node.inputs]
-        pick = method = None
+        pick: tuple[int, Node] | None = None
+        method = ""
         if candidates and None not in want:
             structural = [kc for kc in candidates if sorted(kc[1].inputs) == sorted(want)]  # type: ignore[type-var]
             if structural:
@@ -330,6 +333,7 @@ def diagnose(
 ) -> Diagnosis:
     """Run both models on `inputs_nhwc` (normalized float samples) and measure every matched layer."""
     f, q = read_graph(float_path), read_graph(quant_path)
+    check_pair(f, q)
     matching = match_graphs(f, q)
     names = layer_names(f, onnx_path)
     fi = load_interpreter(float_path, preserve_all_tensors=True)
@@ -377,10 +381,7 @@ def diagnosis_inputs(float_path: str | Path, inputs_path: str | Path | None, sam
         path = Path(inputs_path)
         if not path.is_file():
             raise UserError(f"{path}: inputs file not found (a .npy of NHWC float inputs, normalized as in training)")
-        try:
-            inputs = read_npy(path, what=".npy array of inputs").astype(np.float32)[:samples]
-        except ValueError as exc:  # a non-numeric dtype
-            raise UserError(f"{path}: not a numeric .npy array ({exc})") from None
+        inputs = check_input_samples(read_npy(path, what=".npy array of inputs"), float_path, path)[:samples]
         return inputs, f"{len(inputs)} inputs from {path}"
     graph = read_graph(float_path)
     shape = graph.tensors[graph.inputs[0]].shape[1:]
@@ -388,15 +389,57 @@ def diagnosis_inputs(float_path: str | Path, inputs_path: str | Path | None, sam
     return inputs, f"{samples} random normal inputs (pass --inputs for real data)"
 
 
+def check_input_samples(samples: np.ndarray, model: str | Path, source: str | Path) -> np.ndarray:
+    """`samples` as float32 if they fit `model`'s first input (N samples of its NHWC shape, as
+    normalized floats), else a UserError naming `source` and the expected shape."""
+    graph = read_graph(model)
+    expected = graph.tensors[graph.inputs[0]].shape
+    wanted = f"(N, {', '.join(map(str, expected[1:]))}) float samples (NHWC, normalized as in training)"
+    if samples.ndim != len(expected) or list(samples.shape[1:]) != expected[1:] or len(samples) == 0:
+        raise UserError(f"{source}: shape {tuple(samples.shape)} does not fit {Path(model).name}, which expects {wanted}")
+    if samples.dtype.kind != "f":
+        raise UserError(f"{source}: dtype {samples.dtype} does not fit {Path(model).name}, which expects {wanted}; "
+                        "normalize the pixels first")
+    if not np.isfinite(samples).all():
+        raise UserError(f"{source}: contains NaN or infinite values; {Path(model).name} expects {wanted}")
+    return samples.astype(np.float32)
+
+
+def check_pair(float_graph: Graph, quant_graph: Graph) -> None:
+    """The float32 reference must come first: a reduced-precision first file (or two of them)
+    would rank layers by the wrong reference."""
+    first, second = precision_kind(float_graph), precision_kind(quant_graph)
+    if first is None:
+        return
+    if second is None:
+        raise UserError(f"diagnose: the files look swapped: {float_graph.path} is {first} and {quant_graph.path} is "
+                        f"float32; swap them: edge-pipeline diagnose {quant_graph.path} {float_graph.path}")
+    raise UserError(f"diagnose: {float_graph.path} is {first}, not float32: the first file must be the float32 "
+                    "reference (model_float32.tflite of the same export)")
+
+
+def precision_kind(graph: Graph) -> str | None:
+    """None for a float32 model, else what makes it reduced: integer activations, int8 or float16 weights."""
+    activations = {t.dtype for t in graph.tensors if not t.constant and t.scales}
+    if activations & {"int8", "uint8", "int16"}:
+        return f"quantized ({'/'.join(sorted(activations & {'int8', 'uint8', 'int16'}))} activations)"
+    weights = {t.dtype for t in graph.tensors if t.constant}
+    if "int8" in weights:
+        return "dynamic-range quantized (int8 weights)"
+    if "float16" in weights:
+        return "float16 (float16 weights)"
+    return None
+
+
 def format_table(rows: Iterable[LayerError | dict], markdown: bool = True) -> str:
     """The ranked offenders as a markdown (or plain) table."""
-    rows = [asdict(r) if isinstance(r, LayerError) else r for r in rows]
+    table = [asdict(r) if isinstance(r, LayerError) else r for r in rows]
     header = ["rank", "layer", "op", "added error", "error", "rel. RMSE", "cosine", "dtype", "match"]
     lines = []
     body = [
         [str(k + 1), r["layer"], r["op"], f"{r['added']:.4f}", f"{r['error']:.4f}", f"{r['rel_rmse']:.4f}",
          f"{r['cosine']:.4f}", r["quant_dtype"], r["method"]]
-        for k, r in enumerate(rows)
+        for k, r in enumerate(table)
     ]
     if markdown:
         lines.append("| " + " | ".join(header) + " |")

@@ -9,7 +9,8 @@ Constant data is checked against its tensor's shape and type, since diagnosis re
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

@@ -12,6 +12,9 @@ ZOO = ("vgg_small", "resnet8", "resnet20", "convnet_5x5")
 
 TORCHVISION_PREFIX = "torchvision:"
 
+# Most classes a model may have (recipes, saved structures); ImageNet-21k has 21,841.
+MAX_CLASSES = 100_000
+
 TORCHVISION_CLASSIFIERS = (
     "alexnet", "convnext_base", "convnext_large", "convnext_small", "convnext_tiny", "densenet121",
     "densenet161", "densenet169", "densenet201", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2",

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 import os
-from contextlib import contextmanager
+import re
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -21,7 +23,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save_model as save_weights
 from torch import nn
 
-from ..artifacts import LIMIT_WEIGHTS, atomic_write_json, check_regular_file, read_json
+from ..artifacts import LIMIT_WEIGHTS, atomic_write_json, check_regular_file, read_json, write_refused
 from ..errors import UserError
 from . import layers  # noqa: F401  (registers our own layers, which saved structures name)
 from .base import BaseSpec, build_model
@@ -52,7 +54,7 @@ class TrackedModel:
             "module_versions": module_versions(self.module),
         }
 
-    def copy(self) -> "TrackedModel":
+    def copy(self) -> TrackedModel:
         return TrackedModel(copy.deepcopy(self.module), self.base, list(self.edits), dict(self.meta))
 
 
@@ -61,11 +63,23 @@ def save_model(model: TrackedModel, folder: str | os.PathLike) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS_FILE
     tmp = folder / f".{WEIGHTS_FILE}.tmp"
-    save_weights(model.module, str(tmp))
+    try:
+        save_weights(model.module, str(tmp))
+    except SafetensorError as exc:  # the writer is Rust: a full disk arrives as text, "... (os error 28)"
+        tmp.unlink(missing_ok=True)
+        refused = write_refused(_os_error_of(exc, tmp), weights)
+        if refused is None:
+            raise
+        raise refused from None
     os.replace(tmp, weights)
     structure = folder / STRUCTURE_FILE
     atomic_write_json(structure, model.structure())
     return [structure, weights]
+
+
+def _os_error_of(exc: SafetensorError, path: Path) -> OSError | None:
+    match = re.search(r"os error (\d+)", str(exc))
+    return OSError(int(match.group(1)), os.strerror(int(match.group(1))), str(path)) if match else None
 
 
 def load_model(folder: str | os.PathLike) -> TrackedModel:
@@ -132,11 +146,16 @@ def _check_edit_sizes(edits: list[Edit], structure: Path, weights: Path) -> None
     """Refuse modules far larger than the weights file before allocating them: a tampered spec
     (`Linear(10**6, 10**6)`) would otherwise take all memory before the shape check says no."""
     budget = weights.stat().st_size
-    total = 0
+    final: dict[Any, Any] = {}  # path -> the module spec that ends up there (a later edit replaces an earlier one)
     for edit in edits:
         for op in edit.ops if isinstance(edit.ops, list) else []:
             if isinstance(op, dict) and op.get("op") == "replace":
-                total += _spec_numel(op.get("module"))
+                final[str(op.get("path"))] = op.get("module")
+    # Modules replaced inside an earlier replacement (pruning a low-rank pair) are part of it: count the
+    # outermost ones, and each one on its own, so neither double counting nor a nested giant slips by.
+    sizes = {path: _spec_numel(spec) for path, spec in final.items()}
+    outermost = [p for p in sizes if not any(p.startswith(q + ".") for q in sizes)]
+    total = max(sum(sizes[p] for p in outermost), max(sizes.values(), default=0))
     if total > budget:  # even at 1 byte per value the weights would not fit in the file
         raise UserError(f"{weights}: {budget} bytes, too small for the {total} values {structure.name} describes; "
                         "one of the two files is damaged: restore them or rerun the stage that wrote them")
@@ -231,9 +250,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
             state = state[key]
     if not isinstance(state, dict):
         raise UserError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+    expected = "expected a state dict (tensor name -> tensor), as torch.save(model.state_dict()) or safetensors write"
     for name, value in state.items():
-        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
-            raise UserError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor; expected a state dict "
-                            "(tensor name -> tensor), as torch.save(model.state_dict()) or safetensors write")
+        if not isinstance(name, str):
+            raise UserError(f"{path}: key {name!r} is a {type(name).__name__}, not a tensor name; {expected}")
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor; {expected}")
     check_finite(state, path)
     return state

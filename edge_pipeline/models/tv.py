@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
-
 
 # Input sizes some classifiers need (others pool adaptively and take any size).
 INCEPTION_MIN_SIZE = 75  # below it, a 3x3 kernel meets a 2x2 map in inception_v3's stem
@@ -52,9 +52,10 @@ def _adapt_first_conv(model, in_channels: int) -> None:
 
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d) and module.in_channels == 3 and module.groups == 1:
+            conv: Any = module  # torch types kernel_size etc. as tuple[int, ...]; they are 2-tuples here
             new = nn.Conv2d(
-                in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                module.dilation, 1, module.bias is not None,
+                in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                conv.dilation, 1, conv.bias is not None,
             )
             model.set_submodule(name, new)
             return

@@ -6,6 +6,8 @@ of standard layers only, so every restructure/prune transform and ONNX/TFLite ex
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -112,7 +114,7 @@ class ConvNet5x5(nn.Module):
         return self.fc(self.flatten(self.pool(self.features(x))))
 
 
-BUILDERS = {
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "vgg_small": VGGSmall,
     "resnet8": lambda *a, **k: CifarResNet(8, *a, **k),
     "resnet20": lambda *a, **k: CifarResNet(20, *a, **k),

@@ -241,7 +241,33 @@ def _error_location(loc: tuple) -> tuple:
     return loc
 
 
-def load_device_file(path: str | Path) -> DeviceProfile:
+def _from_working_dir(path: Path) -> bool:
+    """True for a file picked up from ./devices (which may come with a cloned repository), unless
+    ./devices is the built-in catalog itself (the checkout's symlink)."""
+    folder = path.resolve().parent
+    return folder == working_dir_devices().resolve() and folder != BUILTIN_DEVICES.resolve()
+
+
+# Transport fields that name a program run on this machine.
+_LOCAL_PROGRAMS = {"local": "python", "qemu": "qemu", "adb": "adb"}
+
+
+def _check_local_programs(device: DeviceProfile, path: Path, located) -> None:
+    """A file found implicitly in ./devices may name local programs only by command name: a path
+    there would run a program of the repository's choosing as soon as the device is used."""
+    field = _LOCAL_PROGRAMS.get(device.transport.kind)
+    value = getattr(device.transport, field, None) if field else None
+    if value and "/" in value:
+        loc = ("transport", field)
+        raise UserError(
+            f"{path}:{located.line_of(loc) or 1}: {dotted(loc)}: {value!r} is a path, and device files found in ./devices "
+            f"may name local programs only by command name; pass the file with --device-file to use a path"
+        )
+
+
+def load_device_file(path: str | Path, *, implicit: bool = False) -> DeviceProfile:
+    """Load and validate one device file. `implicit`: found by name in the catalog's folders (not
+    given on the command line), so a file from ./devices gets the stricter rules."""
     path = Path(path)
     text = read_text_bounded(path, DEVICE_FILE_LIMIT, "device file (YAML)")
     announce_shadowing(path)
@@ -251,7 +277,7 @@ def load_device_file(path: str | Path) -> DeviceProfile:
     data = dict(located.data)
     data.setdefault("name", path.stem)
     try:
-        return DeviceProfile.model_validate(data)
+        device = DeviceProfile.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = _error_location(tuple(err["loc"]))
@@ -262,6 +288,9 @@ def load_device_file(path: str | Path) -> DeviceProfile:
         quoted = err["type"] == "value_error" or isinstance(err.get("input"), (dict, list))
         got = f", got {err['input']!r}" if loc and not quoted else ""
         raise UserError(f"{path}:{located.line_of(loc) or 1}: {dotted(loc)}: {message}{got}") from None
+    if implicit and _from_working_dir(path):
+        _check_local_programs(device, path, located)
+    return device
 
 
 def catalog() -> dict[str, Path]:
@@ -279,4 +308,4 @@ def get_device(name_or_file: str) -> DeviceProfile:
     files = catalog()
     if name_or_file not in files:
         raise UserError(f"unknown device {name_or_file!r}; known: {', '.join(sorted(files)) or 'none'} (devices/*.yaml)")
-    return load_device_file(files[name_or_file])
+    return load_device_file(files[name_or_file], implicit=True)

@@ -8,6 +8,7 @@ Devices section and `compare` all show `ModelRecord`s.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,48 @@ def read_profile(path: Path) -> dict[str, Any]:
     missing = [k for k in _PROFILE_KEYS if not isinstance(profile, dict) or k not in profile]
     if missing:
         raise UserError(f"{path}: not a profile file (missing {', '.join(missing)}); expected profiles/<device>__<model>.json")
+    problem = _profile_problem(profile)
+    if problem:
+        raise UserError(f"{path}: {problem}; the profile file is damaged or hand-edited: profile the model again")
     return profile
+
+
+# Fields the reports compute with: (path, check, what it must be). null is allowed for every
+# measurement (a failed memory run has no peak); JSON's NaN and Infinity are not.
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+_PROFILE_FIELDS: tuple[tuple[tuple[str, ...], Any, str], ...] = (
+    (("device",), lambda v: isinstance(v, str) and v != "", "a device name"),
+    (("model",), lambda v: isinstance(v, str) and v != "", "a model file name"),
+    (("latency_ms",), lambda v: v is None or isinstance(v, dict), "an object of latency figures"),
+    *((("latency_ms", key), lambda v: v is None or _finite(v), "a finite number of milliseconds >= 0")
+      for key in ("min", "median", "mean", "p90", "max", "std")),
+    (("peak_rss_mb",), lambda v: v is None or _finite(v), "a finite number of MB >= 0"),
+    (("model_size_bytes",), lambda v: v is None or (_finite(v) and float(v).is_integer()), "a byte count"),
+    (("valid",), lambda v: isinstance(v, bool), "true or false"),
+    (("emulated",), lambda v: isinstance(v, bool), "true or false"),
+    (("model_sha256",), lambda v: v is None or isinstance(v, str), "a hex digest"),
+    (("invalid_reasons",), lambda v: v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+     "a list of strings"),
+    (("outputs_check",), lambda v: v is None or isinstance(v, dict), "an object"),
+)
+
+
+def _profile_problem(profile: dict[str, Any]) -> str | None:
+    """The first field of a profile that the reports could not use, as `field: must be ..., got ...`."""
+    for keys, ok, what in _PROFILE_FIELDS:
+        value: Any = profile
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+            if value is None:
+                break
+        present = value is not None or (len(keys) == 1 and keys[0] in profile)
+        if present and not ok(value):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            return f"{'.'.join(keys)}: must be {what}, got {shown}"
+    return None
 
 
 def _object(value: Any) -> dict[str, Any]:

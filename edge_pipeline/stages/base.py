@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from ..errors import UserError
+from ..profiling.devices import get_device
 from ..registry import Registry
 from ..schema import NAME_MAX_LENGTH, NAME_PATTERN, Strict, config_dump
 
@@ -58,6 +60,17 @@ class Stage:
 
 
 STAGES: Registry[type[Stage]] = Registry("stage")
+
+
+def unknown_devices(names: list[str], field: str) -> list[tuple[tuple, str]]:
+    """`Stage.check` problems for device names (under the stage's `field`) that no device file defines."""
+    problems: list[tuple[tuple, str]] = []
+    for i, name in enumerate(names):
+        try:
+            get_device(name)
+        except UserError as exc:
+            problems.append(((field, i), str(exc)))
+    return problems
 
 
 def register_stage(cls: type[Stage]) -> type[Stage]:

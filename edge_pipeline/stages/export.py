@@ -18,9 +18,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ..errors import UserError
 from ..profiling.devices import get_device
-from .base import Stage, StageConfig, register_stage
+from .base import Stage, StageConfig, register_stage, unknown_devices
 
 Precision = Literal["float32", "float16", "dynamic_int8", "int8", "int16x8"]
 BUNDLE_MODEL = "model.tflite"
@@ -45,17 +44,7 @@ class ExportStage(Stage):
     needs = ("model",)
 
     def check(self, index, earlier):
-        problems = []
-        for i, name in enumerate(self.config.target_devices or []):
-            try:
-                get_device(name)
-            except UserError as exc:
-                problems.append((("target_devices", i), str(exc)))
-        return problems
-
-
-    # -- steps -------------------------------------------------------------------------------------
-
+        return unknown_devices(self.config.target_devices or [], "target_devices")
 
     def key_inputs(self, recipe, index):
         """The target devices' runtimes and op rules: the compatibility check depends on them."""
@@ -66,7 +55,6 @@ class ExportStage(Stage):
     def _targets(self, recipe, index) -> list[tuple[Any, list[str] | None]]:
         """(DeviceProfile, precisions to deploy or None for all) from target_devices, or from the
         profile stages that profile this export."""
-
         if self.config.target_devices:
             return [(get_device(d), None) for d in self.config.target_devices]
         targets = []

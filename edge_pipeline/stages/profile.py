@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ..errors import UserError
 from ..profiling.devices import get_device
-from .base import Stage, StageConfig, register_stage
+from .base import Stage, StageConfig, register_stage, unknown_devices
 from .export import Precision
 
 
@@ -29,13 +28,7 @@ class ProfileStage(Stage):
     needs = ("tflite",)
 
     def check(self, index, earlier):
-        problems = []
-        for i, name in enumerate(self.config.devices):
-            try:
-                get_device(name)
-            except UserError as exc:
-                problems.append((("devices", i), str(exc)))
-        return problems
+        return unknown_devices(self.config.devices, "devices")
 
     def key_inputs(self, recipe, index):
         """The device profiles as resolved now: editing a device file (threads, budget, host)

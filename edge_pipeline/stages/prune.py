@@ -29,7 +29,8 @@ class RoundFinetuneConfig(TrainingConfig):
 
 
 class PruneConfig(StageConfig):
-    method: Criterion | Literal["magnitude"] = Field(
+    # One Literal (not a union of two), so a bad value gets one error listing every choice.
+    method: Literal[Criterion, "magnitude"] = Field(
         "l1", description="Channel importance criterion, or `magnitude` for unstructured weight sparsity."
     )
     ratio: float | None = Field(None, gt=0, lt=1, description="Fraction of output channels removed (default 0.5 if no target).")

@@ -130,20 +130,17 @@ class Transform:
 
 
 TRANSFORMS: Registry[Transform] = Registry("restructure transform")
-TRANSFORMS.register("depthwise_separable", Transform("depthwise_separable", DepthwiseSeparableConfig,
-                                           "kxk conv -> depthwise kxk + pointwise 1x1 (or a MobileNetV2 inverted residual)"))
-TRANSFORMS.register("grouped_pointwise", Transform("grouped_pointwise", GroupedPointwiseConfig,
-                                           "1x1 conv -> grouped 1x1 conv + channel shuffle (ShuffleNet)"))
-TRANSFORMS.register("factorize", Transform("factorize", FactorizeConfig,
-                                           "kxk conv -> kx1 conv + 1xk conv (Inception v3)"))
-TRANSFORMS.register("decompose", Transform("decompose", DecomposeConfig,
-                                           "5x5 / 7x7 conv -> stacked 3x3 convs (Inception v2)"))
-TRANSFORMS.register("low_rank", Transform("low_rank", LowRankConfig,
-                                           "Linear / conv -> two thinner layers by truncated SVD"))
-TRANSFORMS.register("gap_head", Transform("gap_head", GapHeadConfig,
-                                           "flatten + fully-connected head -> global average pooling + 1x1 projection"))
-TRANSFORMS.register("share", Transform("share", ShareConfig,
-                                           "repeated identical blocks -> one set of weights (ALBERT)"))
+for _transform in (
+    Transform("depthwise_separable", DepthwiseSeparableConfig,
+              "kxk conv -> depthwise kxk + pointwise 1x1 (or a MobileNetV2 inverted residual)"),
+    Transform("grouped_pointwise", GroupedPointwiseConfig, "1x1 conv -> grouped 1x1 conv + channel shuffle (ShuffleNet)"),
+    Transform("factorize", FactorizeConfig, "kxk conv -> kx1 conv + 1xk conv (Inception v3)"),
+    Transform("decompose", DecomposeConfig, "5x5 / 7x7 conv -> stacked 3x3 convs (Inception v2)"),
+    Transform("low_rank", LowRankConfig, "Linear / conv -> two thinner layers by truncated SVD"),
+    Transform("gap_head", GapHeadConfig, "flatten + fully-connected head -> global average pooling + 1x1 projection"),
+    Transform("share", ShareConfig, "repeated identical blocks -> one set of weights (ALBERT)"),
+):
+    TRANSFORMS.register(_transform.name, _transform)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 from edge_pipeline.cli import main
 from edge_pipeline.convert.diagnose import diagnose, format_table, layer_names, match_graphs, select_layers
 from edge_pipeline.convert.fidelity import fidelity, tflite_logits
+from edge_pipeline.convert.flatbuffer import write_model
 from edge_pipeline.convert.inspect import read_graph
 from edge_pipeline.convert.selective import denylist, float_region
 
@@ -125,7 +126,52 @@ def test_diagnose_command_on_corrupt_files_is_a_clear_error(all_precisions, tmp_
     for bad in (broken, truncated):
         assert main(["diagnose", str(all_precisions.files["float32"]), str(bad)]) == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith(f"error: {bad}: does not load in ai-edge-litert") and len(err.splitlines()) == 1
+        # Caught by the structural check of the flatbuffer, before any runtime loads it.
+        assert err.startswith(f"error: {bad}: not a valid TFLite file") and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["int8", "dynamic_int8", "float16"])
+def test_diagnose_refuses_swapped_files(all_precisions, capsys, precision):
+    float32, reduced = str(all_precisions.files["float32"]), str(all_precisions.files[precision])
+    assert main(["diagnose", reduced, float32]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the files look swapped" in err[0], err
+    assert f"swap them: edge-pipeline diagnose {float32} {reduced}" in err[0]
+    assert main(["diagnose", reduced, reduced]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not float32: the first file must be the float32 reference" in err[0], err
+
+
+def _inputs(tmp_path, array):
+    import numpy as np
+
+    path = tmp_path / "inputs.npy"
+    np.save(path, array)
+    return str(path)
+
+
+@pytest.mark.parametrize("make,fragment", [
+    (lambda np: np.zeros((3, 5), np.float32), "shape (3, 5) does not fit tiny.tflite, which expects (N, 4) float samples"),
+    (lambda np: np.zeros((4,), np.float32), "shape (4,) does not fit"),
+    (lambda np: np.zeros((0, 4), np.float32), "shape (0, 4) does not fit"),
+    (lambda np: np.zeros((3, 4), np.int64), "dtype int64 does not fit tiny.tflite"),
+    (lambda np: np.full((3, 4), np.nan, np.float32), "contains NaN or infinite values"),
+], ids=["shape", "rank", "empty", "dtype", "nan"])
+def test_wrong_inputs_file_is_exit_2_naming_the_expected_shape(tmp_path, capsys, make, fragment):
+    """`profile --inputs` and `diagnose --inputs`: checked before any device or interpreter work."""
+    import numpy as np
+
+    from tests.convert.test_inspect import tiny_model
+
+    model = tmp_path / "tiny.tflite"
+    model.write_bytes(write_model(tiny_model()))
+    inputs = _inputs(tmp_path, make(np))
+    for argv in (["profile", str(model), "--device", "host", "--inputs", inputs],
+                 ["diagnose", str(model), str(model), "--inputs", inputs]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {inputs}: ") and fragment in err[0], err
 
 
 @pytest.mark.parametrize("node, layer", [

@@ -237,3 +237,18 @@ def test_opcode_index_out_of_range_in_a_converted_model(all_precisions, tmp_path
     path = tmp_path / "int8-bad-opcode.tflite"
     path.write_bytes(with_opcode_index(all_precisions.files["int8"].read_bytes(), 1000))
     _assert_one_error_line(path, "opcode index 1000 out of range", capsys)
+
+
+def test_no_pip_install_hint_for_a_file_the_runtime_cannot_load(tmp_path, capsys):
+    """A damaged op code is not fixed by installing anything: no "pip install" in the fix (issue 11.10)."""
+    from edge_pipeline.convert.compat import check_model
+
+    model = tiny_model()
+    model.operatorCodes[1].builtinCode, model.operatorCodes[1].deprecatedBuiltinCode = 250, 127
+    path = tmp_path / "unknown-op.tflite"
+    path.write_bytes(write_model(model))
+    result = check_model(path, "ai-edge-litert")
+    assert result.status == "incompatible" and "pip install" not in result.line()
+    assert "re-export" in result.fix
+    assert main(["inspect", str(path), "--device", "host"]) == 1
+    assert "pip install" not in capsys.readouterr().out

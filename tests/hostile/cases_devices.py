@@ -4,7 +4,6 @@ announced. The ssh target is 127.0.0.1 on a closed port: nothing is ever reached
 
 from __future__ import annotations
 
-import os
 import stat
 
 from .builders import FAST_DEVICE, alias_bomb, symlink
@@ -18,9 +17,9 @@ def _device(name: str, transport: str = "{" + SSH + "}", extra: str = "") -> str
     return f"name: {name}\ndescription: hostile\narch: aarch64\ntransport: {transport}\n{extra}"
 
 
-def _evil_script(sandbox: Sandbox) -> str:
+def _evil_script(sandbox: Sandbox, name: str = "evil.sh") -> str:
     """An executable in the working folder that creates the marker (a 'tool' a device file names)."""
-    script = sandbox.write("evil.sh", f"#!/bin/sh\n{sandbox.inject}\n")
+    script = sandbox.write(name, f"#!/bin/sh\n{sandbox.inject}\n")
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return str(script)
 
@@ -106,6 +105,35 @@ def _list_file(body):
 
 FAST_BODY = FAST_DEVICE.replace("name: fast", "name: evil")
 
+def _ssh_field(field: str, template: str):
+    """An ssh transport whose `field` is `template` with {cmd} the injected command."""
+
+    def body(sandbox: Sandbox) -> str:
+        value = template.format(cmd=sandbox.inject)
+        fields = {"host": "127.0.0.1", "port": str(CLOSED_PORT), "user": "pi", "connect_timeout_s": "2", field: f"'{value}'"}
+        return _device("evil", "{kind: ssh, " + ", ".join(f"{k}: {v}" for k, v in fields.items()) + "}")
+
+    return body
+
+
+def _proxycommand(name: str):
+    return lambda sandbox: _device(name, "{" + SSH + f", options: ['ProxyCommand={sandbox.inject}']" + "}")
+
+
+def _tool(kind: str, field: str, script: str = "evil.sh", extra: str = ""):
+    """A ./devices/rpi4.yaml whose `field` names an executable in the working folder."""
+
+    def body(sandbox: Sandbox) -> str:
+        text = _device("rpi4", f"{{kind: {kind}, {field}: '{_evil_script(sandbox, script)}'{extra}}}")
+        return text.replace("arch: aarch64", "arch: x86_64") if kind == "local" else text
+
+    return body
+
+
+def _budget(old: str, new: str):
+    return _list_file(FAST_BODY.replace(old, new))
+
+
 CASES = [
     # Issue 11.1: ssh options that run a local command are refused when the file is read.
     _bad_device("device-ssh-proxycommand", _check_file(_ssh_options("ProxyCommand={cmd}"))),
@@ -117,34 +145,35 @@ CASES = [
     _bad_device("device-ssh-include-config", _check_file(_include_config)),
     _bad_device("device-ssh-proxyjump-option", _check_file(_ssh_options("ProxyJump=-oProxyCommand={cmd}"))),
     # Host and user values that ssh would parse as options.
-    _bad_device("device-ssh-host-option", _check_file(lambda s: _device("evil", f"{{kind: ssh, host: '-oProxyCommand={s.inject}', connect_timeout_s: 2}}"))),
-    _bad_device("device-ssh-user-with-spaces", _check_file(lambda s: _device("evil", f"{{kind: ssh, host: 127.0.0.1, port: {CLOSED_PORT}, user: 'pi -oProxyCommand={s.inject}'}}"))),
-    _bad_device("device-ssh-user-option", _check_file(lambda s: _device("evil", f"{{kind: ssh, host: 127.0.0.1, port: {CLOSED_PORT}, user: '-oProxyCommand={s.inject}'}}"))),
+    _bad_device("device-ssh-host-option", _check_file(_ssh_field("host", "-oProxyCommand={cmd}"))),
+    _bad_device("device-ssh-user-with-spaces", _check_file(_ssh_field("user", "pi -oProxyCommand={cmd}"))),
+    _bad_device("device-ssh-user-option", _check_file(_ssh_field("user", "-oProxyCommand={cmd}"))),
     # The README's threat: an untrusted repository's ./devices overrides a built-in name.
-    _bad_device("device-shadowing-builtin-proxycommand",
-                _shadowing_rpi4(lambda s: _device("rpi4", "{" + SSH + f", options: ['ProxyCommand={s.inject}']" + "}")),
-                error_has=("rpi4.yaml",)),
+    _bad_device("device-shadowing-builtin-proxycommand", _shadowing_rpi4(_proxycommand("rpi4")), error_has=("rpi4.yaml",)),
     Case("device-shadowing-builtin-announced", "devices", _shadow_announced, 0, check=_names_shadowing_file, timeout_s=30),
-    # Tool paths in a device file name local programs: one in the working folder must not run.
-    _bad_device("device-local-python-script", _shadowing_rpi4(lambda s: _device("rpi4", f"{{kind: local, python: '{_evil_script(s)}'}}").replace("arch: aarch64", "arch: x86_64")),
+    # Tool paths in a device file name local programs: one in the working folder must not run,
+    # also under the name the tool expects (a cloned repository can ship ./bin/python3).
+    _bad_device("device-local-python-script", _shadowing_rpi4(_tool("local", "python")), error_has=("rpi4.yaml",)),
+    _bad_device("device-local-python-named-python3", _shadowing_rpi4(_tool("local", "python", "bin/python3")),
                 error_has=("rpi4.yaml",)),
-    _bad_device("device-adb-binary-script", _shadowing_rpi4(lambda s: _device("rpi4", f"{{kind: adb, adb: '{_evil_script(s)}', python: python3}}")),
+    _bad_device("device-adb-binary-script", _shadowing_rpi4(_tool("adb", "adb", extra=", python: python3")),
                 error_has=("rpi4.yaml",)),
-    _bad_device("device-qemu-binary-script", _shadowing_rpi4(lambda s: _device("rpi4", f"{{kind: qemu, qemu: '{_evil_script(s)}'}}")),
+    _bad_device("device-adb-named-adb", _shadowing_rpi4(_tool("adb", "adb", "bin/adb", ", python: python3")),
                 error_has=("rpi4.yaml",)),
+    _bad_device("device-qemu-binary-script", _shadowing_rpi4(_tool("qemu", "qemu")), error_has=("rpi4.yaml",)),
     # Issue 11.10: `devices --check NAME` fails when NAME is unreachable (exit 2: the user must fix it).
     Case("device-check-unreachable", "devices", _unreachable, (1, 2), error_has=("evil",), timeout_s=30),
     # Bounded budgets (issue 11.10: warmup_runs 1e12 hangs) and bounded values.
-    _bad_device("device-warmup-runs-1e12", _list_file(FAST_BODY.replace("warmup_runs: 1", "warmup_runs: 1000000000000"))),
-    _bad_device("device-min-runs-1e12", _list_file(FAST_BODY.replace("min_runs: 3", "min_runs: 1000000000000"))),
-    _bad_device("device-max-seconds-1e12", _list_file(FAST_BODY.replace("max_seconds: 5.0", "max_seconds: 1.0e12"))),
+    _bad_device("device-warmup-runs-1e12", _budget("warmup_runs: 1", "warmup_runs: 1000000000000")),
+    _bad_device("device-min-runs-1e12", _budget("min_runs: 3", "min_runs: 1000000000000")),
+    _bad_device("device-max-seconds-1e12", _budget("max_seconds: 5.0", "max_seconds: 1.0e12")),
     _bad_device("device-pin-cores-negative", _list_file(FAST_BODY + "pin_cores: [-1]\n")),
-    _bad_device("device-name-path-traversal", _list_file(FAST_BODY.replace("name: evil", "name: ../../evil"))),
+    _bad_device("device-name-path-traversal", _budget("name: evil", "name: ../../evil")),
     _bad_device("device-not-a-mapping", _list_file("- name: evil\n")),
-    _bad_device("device-python-tag", _list_file(lambda s: FAST_BODY.replace("threads: 1", f'threads: !!python/object/apply:os.system ["{s.inject}"]'))),
+    _bad_device("device-python-tag",
+                _list_file(lambda s: FAST_BODY.replace("threads: 1", f'threads: !!python/object/apply:os.system ["{s.inject}"]'))),
     _bad_device("device-alias-bomb", _list_file(FAST_BODY + "bomb:\n" + alias_bomb(indent="  ")), memory_limit_mb=1024),
     _bad_device("device-file-dev-zero", _dev_zero, timeout_s=20, memory_limit_mb=1024),
     # The same refusal through `profile --device-file` (issue 11.1), before anything is run.
-    _bad_device("device-profile-proxycommand", _profile_with(lambda s: _device("evil", "{" + SSH + f", options: ['ProxyCommand={s.inject}']" + "}")),
-                timeout_s=60),
+    _bad_device("device-profile-proxycommand", _profile_with(_proxycommand("evil")), timeout_s=60),
 ]

@@ -89,6 +89,9 @@ CASES = [
     _bad("recipe-epochs-inf", _replace("{epochs: 1}", "{epochs: .inf}")),
     _bad("recipe-stages-mapping", _replace("stages:\n  - train: {epochs: 1}\n", "stages: {train: {epochs: 1}}\n")),
     _bad("recipe-not-a-mapping", "- name: hostile\n- seed: 0\n"),
+    # Unknown keys whose names look like pydantic's own location tags (found by test_fuzz.py).
+    _bad("recipe-unknown-key-with-bracket", VALID_RECIPE + '"x[": 1\n'),
+    _bad("recipe-unknown-key-named-int", VALID_RECIPE + "int: 1\n"),
     _bad("recipe-unknown-stage", _replace("- train: {epochs: 1}", "- train: {epochs: 1}\n  - explode: {}")),
     _bad("recipe-arch-injection", _replace("arch: vgg_small", "arch: \"torchvision:__import__('os').system\"")),
     _bad("recipe-not-utf8", VALID_RECIPE.replace("name: hostile", "name: caf\xe9").encode("latin-1")),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import signal
 
 from .builders import tiny_recipe
-from .harness import Case, Interrupt, Sandbox, process_running
+from .harness import Case, Interrupt, Sandbox, process_running, run_cli
 
 RUNS = ("runs",)
 EXPORT_STAGES = ("  - train: {epochs: 0}\n  - quantize: {mode: int8, calibration_samples: 32}\n"
@@ -51,6 +51,19 @@ def _signal_case(id: str, setup, ready, sig: int, expect, *, outputs: tuple[str,
                 interrupt=Interrupt(ready, sig, settle_s))
 
 
+def _killed_then_rerun(sandbox: Sandbox) -> list[str]:
+    """Kill -9 a run during export (as the case above), then the case is the next start: it resumes."""
+    first = _signal_case("first", _run(EXPORT_STAGES), process_running("tflite_worker"), signal.SIGKILL, -signal.SIGKILL)
+    outcome = run_cli(first, sandbox, first.setup(sandbox))
+    assert outcome.interrupted, f"the first run was never killed: {outcome.stderr[-500:]}"
+    return ["run", "tiny.yaml"]
+
+
+def _temp_swept(sandbox: Sandbox, outcome) -> list[str]:
+    left = sorted(p.name for p in sandbox.tmp.iterdir() if p.name.startswith("edge-pipeline"))
+    return [f"the next start did not sweep the killed run's temp folders: {', '.join(left)}"] if left else []
+
+
 CASES = [
     _signal_case("signal-kill9-during-export", _run(EXPORT_STAGES), process_running("tflite_worker"), signal.SIGKILL,
                  -signal.SIGKILL),
@@ -62,4 +75,7 @@ CASES = [
                  outputs=()),
     _signal_case("signal-term-during-train", _run(LONG_TRAIN), _stage_started(".01-train.tmp"), signal.SIGTERM,
                  TERMINATED),
+    # Issue 11.9: "swept on the next start": the rerun resumes and removes what the killed run left.
+    Case("signal-kill9-during-export-then-rerun", "signals", _killed_then_rerun, 0, outputs=RUNS, check=_temp_swept,
+         timeout_s=400, slow=True),
 ]

@@ -3,6 +3,7 @@ session (tiny TFLite files through the project's own export path, a tiny run fol
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,7 +34,8 @@ class Shared:
         if "run" not in self._cache:
             work = self._factory.mktemp("hostile-run")
             (work / "tiny.yaml").write_text(tiny_recipe())
-            proc = subprocess.run(CLI + ["run", "tiny.yaml"], cwd=work, capture_output=True, text=True, timeout=300)
+            env = dict(os.environ, HOME=str(work / "home"))  # library caches stay out of the real HOME
+            proc = subprocess.run(CLI + ["run", "tiny.yaml"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
             if proc.returncode != 0:
                 raise RuntimeError(f"the shared tiny run failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
             self._cache["run"] = work / "runs" / "tiny"

@@ -25,9 +25,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "edge_pipeline.cli"]
@@ -51,7 +51,7 @@ LIBRARY_TEMP_PREFIXES = ("torchinductor_",)
 class Interrupt:
     """Send `sig` to the CLI process (that pid only, like `kill PID`) once `ready(sandbox)` holds."""
 
-    ready: Callable[["Sandbox"], bool]
+    ready: Callable[[Sandbox], bool]
     sig: int
     settle_s: float = 1.0  # after `ready`, let the child get going before the signal
 
@@ -60,7 +60,7 @@ class Interrupt:
 class Case:
     id: str
     kind: str  # recipes | devices | models | tflite | images | runs | signals
-    setup: Callable[["Sandbox"], list[str]]
+    setup: Callable[[Sandbox], list[str]]
     expect_exit: int | tuple[int, ...]
     outputs: tuple[str, ...] = ()  # paths under the working folder the command may create or change
     error_has: tuple[str, ...] = ()  # substrings the error line must contain (e.g. the file's name)
@@ -70,13 +70,13 @@ class Case:
     memory_limit_mb: int | None = None  # RLIMIT_AS: an unbounded read fails instead of eating the machine
     file_size_limit: int | None = None  # RLIMIT_FSIZE with SIGXFSZ ignored: writes fail like a full disk
     interrupt: Interrupt | None = None
-    check: Callable[["Sandbox", "Outcome"], list[str]] | None = None  # extra, case-specific problems
+    check: Callable[[Sandbox, Outcome], list[str]] | None = None  # extra, case-specific problems
 
-    def expected_error_lines(self) -> int | None:
+    def expected_error_lines(self, returncode: int | None) -> int | None:
+        """One `error:` line for a failure, none for success (a case may accept either)."""
         if self.error_lines != -1:
             return self.error_lines
-        codes = self.expect_exit if isinstance(self.expect_exit, tuple) else (self.expect_exit,)
-        return 0 if codes == (0,) else 1
+        return 0 if returncode == 0 else 1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -203,12 +203,13 @@ def snapshot(sandbox: Sandbox, outputs: Iterable[str]) -> dict[str, Entry | None
 
 
 def compare_snapshots(before: dict[str, Entry | None], after: dict[str, Entry | None], root: Path) -> list[str]:
+    """What was created, deleted or changed. A folder whose contents changed is reported through its
+    entries (folders are compared by mode only, not mtime)."""
     changes = []
     for path in sorted(set(before) | set(after)):
         old, new = before.get(path), after.get(path)
         if old == new:
             continue
-        # A directory whose contents changed is reported through its entries, not itself.
         name = os.path.relpath(path, root)
         if old is None:
             changes.append(f"created {name}")
@@ -322,7 +323,10 @@ def _wait(proc: subprocess.Popen, case: Case, sandbox: Sandbox, started: float) 
     interrupted = False
     while proc.poll() is None:
         if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)  # the CLI leads its own session: take its children too
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the CLI leads its own session: take its children too
+            except ProcessLookupError:
+                pass  # it ended just now
             proc.wait()
             return True, interrupted
         if case.interrupt and not interrupted and case.interrupt.ready(sandbox):
@@ -372,10 +376,12 @@ def problems(case: Case, outcome: Outcome, sandbox: Sandbox) -> list[str]:
         found.append(f"did not finish within {case.timeout_s:.0f} s (killed)")
     elif outcome.returncode not in expected:
         found.append(f"exit code {outcome.returncode}, expected {' or '.join(map(str, expected))}")
+    if case.interrupt is not None and not outcome.interrupted:
+        found.append("the signal was never sent: the command ended before its ready condition held")
     if "Traceback (most recent call last)" in outcome.stderr + outcome.stdout:
         found.append(f"traceback: {_last_line(outcome.stderr)}")
     lines = outcome.error_lines
-    want = case.expected_error_lines()
+    want = case.expected_error_lines(outcome.returncode)
     if want is not None and not outcome.timed_out and len(lines) != want:
         found.append(f"{len(lines)} 'error:' lines on stderr, expected {want}: {lines[:3]}")
     elif want is None and len(lines) > 1:
@@ -403,7 +409,7 @@ def _last_line(text: str) -> str:
 
 def describe(outcome: Outcome) -> str:
     """The command and the tail of its output, for a failing case's message."""
-    tail = lambda text: "\n".join(text.strip().splitlines()[-12:])  # noqa: E731
+    tail = lambda text: "\n".join(text.strip().splitlines()[-12:])
     return (f"$ edge-pipeline {' '.join(outcome.argv)}\n(exit {outcome.returncode}, {outcome.seconds:.1f} s)\n"
             f"--- stderr (tail) ---\n{tail(outcome.stderr)}\n--- stdout (tail) ---\n{tail(outcome.stdout)}")
 

@@ -92,6 +92,21 @@ def test_size_constraints_are_user_errors():
         build_model(BaseSpec("torchvision:vit_b_16", 3, 3, 40))
 
 
+@torch.no_grad()
+def estimate_batchnorm(model: torch.nn.Module, size: int) -> None:
+    """BatchNorm statistics measured on random inputs (exact averages, not a momentum of the init),
+    so activations have the ranges of a trained network instead of growing or shrinking with depth:
+    int8 calibration then sees realistic ranges."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches below
+    model.train()
+    for _ in range(4):
+        model(torch.randn(8, 3, size, size))
+    model.eval()
+
+
 # One member of every CNN family torchvision has (the transformers, ViT, Swin and MaxViT, are not
 # CNNs); the smallest of each, at 64 px (inception_v3 needs 75+).
 FAMILIES = [
@@ -113,11 +128,7 @@ def test_every_cnn_family_converts_to_tflite_after_reload(tmp_path, name):
 
     size = size_of(name)
     _, model, _ = saved_and_reloaded(name, 3, tmp_path / "saved")
-    with torch.no_grad():  # BatchNorm statistics from data, so activations have a trained net's ranges
-        model.train()
-        for _ in range(2):
-            model(torch.randn(8, 3, size, size))
-    model.eval()
+    estimate_batchnorm(model, size)
     shape = (1, 3, size, size)
     onnx_path = tmp_path / "model.onnx"
     exported, _ = fold_flatten_linear(model, shape)

@@ -104,3 +104,29 @@ def test_emulated_devices_are_labelled(two_runs, tmp_path):
     path.write_text(json.dumps({**profile, "device": "qemu-aarch64", "emulated": True}))
     table = blocks_markdown(device_blocks(load_records([path]), None, tmp_path))
     assert "qemu-aarch64 (emulated)" in table and "never as device time" in table
+
+
+# A hand-edited or damaged profile (issue 11.8): one error line naming the file and the field.
+DAMAGED = [
+    ("latency_ms", "median", "fast", "latency_ms.median: must be a finite number of milliseconds >= 0, got 'fast'"),
+    ("latency_ms", "median", float("nan"), "latency_ms.median: must be a finite number of milliseconds >= 0, got nan"),
+    ("latency_ms", "p90", float("inf"), "latency_ms.p90: must be a finite number of milliseconds >= 0, got inf"),
+    ("latency_ms", "median", -3, "latency_ms.median: must be a finite number of milliseconds >= 0, got -3"),
+    (None, "latency_ms", [1, 2], "latency_ms: must be an object of latency figures, got [1, 2]"),
+    (None, "peak_rss_mb", "12", "peak_rss_mb: must be a finite number of MB >= 0, got '12'"),
+    (None, "device", 7, "device: must be a device name, got 7"),
+    (None, "valid", "yes", "valid: must be true or false, got 'yes'"),
+    (None, "invalid_reasons", "slow", "invalid_reasons: must be a list of strings, got 'slow'"),
+]
+
+
+@pytest.mark.parametrize("parent,key,value,fragment", DAMAGED, ids=[f"{d[1]}={d[2]!r}" for d in DAMAGED])
+def test_damaged_profile_field_is_one_error_line(two_runs, tmp_path, capsys, parent, key, value, fragment):
+    profile = json.loads(next((two_runs[0] / "profiles").glob("*.json")).read_text())
+    (profile[parent] if parent else profile)[key] = value
+    path = tmp_path / "damaged.json"
+    path.write_text(json.dumps(profile))  # NaN and Infinity as JSON's non-standard literals, as json writes them
+    assert cli.main(["compare", str(path), "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: {fragment}"), err
+    assert not (tmp_path / "cmp").exists()

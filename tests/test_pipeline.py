@@ -17,8 +17,8 @@ import pytest
 from edge_pipeline.cli import main
 from edge_pipeline.errors import UserError
 from edge_pipeline.pipeline import Pipeline
-from edge_pipeline.rundir import RunDir
 from edge_pipeline.recipe import load_recipe
+from edge_pipeline.rundir import RunDir
 
 from .conftest import REPO, TINY_HEAD, write
 

@@ -176,11 +176,11 @@ def load_test(python: str, runtime: str, model: Path, reference: bool = False, t
         )
     except subprocess.TimeoutExpired:
         return {"ok": False, "phase": "timeout", "error": f"no answer within {timeout:.0f}s"}
-    lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     if lines and "ok" in lines[-1]:
         return lines[-1]
     phase = lines[-1]["phase"] if lines else "start"
-    stderr = [l for l in proc.stderr.strip().splitlines() if l.strip() and not l.startswith("INFO:")]
+    stderr = [line for line in proc.stderr.strip().splitlines() if line.strip() and not line.startswith("INFO:")]
     how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
     return {"ok": False, "phase": phase, "error": f"the runtime crashed ({how}) {('after: ' + stderr[-1][:200]) if stderr else ''}".strip()}
 
@@ -296,7 +296,8 @@ def ensure_loadable(model: str | Path, reference: bool = True) -> None:
     outcome = load_test(sys.executable, name, Path(model), reference)
     if not outcome["ok"]:
         problems = problems_from_error(outcome["error"])
-        what = "; ".join(f"{p.op}{f' v{p.version}' if p.version else ''}: {p.reason}" for p in problems) or load_error_summary(outcome["error"])
+        listed = "; ".join(f"{p.op}{f' v{p.version}' if p.version else ''}: {p.reason}" for p in problems)
+        what = listed or load_error_summary(outcome["error"])
         raise UserError(f"{model}: does not load in {name} {version} ({outcome['phase']}: {what})")
 
 

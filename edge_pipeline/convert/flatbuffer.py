@@ -19,7 +19,7 @@ def schema():
     try:
         from ai_edge_litert import schema_py_generated as module
     except ImportError:  # pragma: no cover - tensorflow ships the same generated module
-        from tensorflow.lite.python import schema_py_generated as module  # type: ignore[no-redef]
+        from tensorflow.lite.python import schema_py_generated as module
     return module
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -22,7 +22,7 @@ def interpreter_class(preferred: str | None = None):
             if name == "ai-edge-litert":
                 from ai_edge_litert import interpreter as mod
             elif name == "tflite-runtime":
-                from tflite_runtime import interpreter as mod  # type: ignore[import-not-found]
+                from tflite_runtime import interpreter as mod
             else:
                 import tensorflow as tf
 
@@ -59,7 +59,7 @@ def _op_resolver_types(runtime: str):
     if runtime == "ai-edge-litert":
         from ai_edge_litert.interpreter import OpResolverType
     elif runtime == "tflite-runtime":
-        from tflite_runtime.interpreter import OpResolverType  # type: ignore[import-not-found]
+        from tflite_runtime.interpreter import OpResolverType
     else:
         import tensorflow as tf
 
@@ -69,7 +69,7 @@ def _op_resolver_types(runtime: str):
 
 def load_error_summary(text: str) -> str:
     """The informative line of an interpreter load/prepare error (they span several lines)."""
-    lines = [l.strip() for l in text.strip().splitlines() if l.strip() and l.strip() != "Registration failed."]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip() and line.strip() != "Registration failed."]
     return " ".join(lines)[:300] if lines else "unknown error"
 
 

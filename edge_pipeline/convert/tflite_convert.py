@@ -236,10 +236,10 @@ def describe_failure(text: str, code: int, last_step: str | None = None, error: 
     if error and error.get("message"):
         parts.append(f"{error.get('type', 'Error')}: {error['message']}")
     else:
-        lines = [l.strip() for l in text.splitlines() if l.strip()]
-        exceptions = [l for l in lines if _EXCEPTION_LINE.match(l)]
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        exceptions = [line for line in lines if _EXCEPTION_LINE.match(line)]
         # onnx2tf's own ERROR lines: the first one states the problem, the rest are generic advice.
-        errors = [l for l in lines if l.startswith("ERROR:") and not any(b in l for b in _ONNX2TF_ADVICE)]
+        errors = [line for line in lines if line.startswith("ERROR:") and not any(b in line for b in _ONNX2TF_ADVICE)]
         detail = exceptions[-1] if exceptions else errors[0] if errors else (lines or [""])[-1]
         if detail:
             parts.append(detail[:300])

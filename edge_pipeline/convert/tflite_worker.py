@@ -64,7 +64,7 @@ def _block_network() -> None:
 
     socket.socket.connect = refuse  # type: ignore[method-assign]
     socket.socket.connect_ex = refuse  # type: ignore[method-assign]
-    socket.create_connection = lambda address, *a, **k: refuse(None, address)  # type: ignore[assignment]
+    socket.create_connection = lambda address, *a, **k: refuse(None, address)
 
 
 def step(name: str) -> None:
@@ -114,9 +114,9 @@ def selective_int8(spec: dict, tf_dir: Path, calibration, full_int8: Path) -> tu
 
     from edge_pipeline.convert.compat import ensure_loadable
     from edge_pipeline.convert.diagnose import diagnose, layer_names, select_layers
-    from edge_pipeline.errors import EdgePipelineError
     from edge_pipeline.convert.inspect import read_graph
     from edge_pipeline.convert.selective import denylist
+    from edge_pipeline.errors import EdgePipelineError
 
     converter = _converter(str(tf_dir), "int8", calibration, spec["io_type"], spec["per_channel"])
     converter._experimental_calibrate_only = True
@@ -162,7 +162,7 @@ def quantized_model(spec: dict, tf_dir: Path, precision: str, calibration) -> tu
     converter = _converter(str(tf_dir), precision, calibration, spec["io_type"], spec["per_channel"])
     try:
         return converter.convert(), []
-    except Exception as exc:  # noqa: BLE001 - only the "op not supported" case is retried
+    except Exception as exc:  # only the "op not supported" case is retried
         missing = UNSUPPORTED_OP.findall(str(exc))
         if not missing or precision not in ("int8", "int16x8"):
             raise
@@ -204,7 +204,7 @@ def convert_all(spec: dict) -> dict:
                 calibration = read_npy(spec["calibration"], what="calibration array")
             try:
                 model, fallback = quantized_model(spec, tf_dir, precision, calibration)
-            except Exception as exc:  # noqa: BLE001 - reported per precision
+            except Exception as exc:  # reported per precision
                 text = str(exc).strip().splitlines()
                 result["failed"][precision] = f"{type(exc).__name__}: {text[0][:300] if text else ''}"
                 continue
@@ -234,7 +234,7 @@ def main(spec_path: str) -> int:
     except InputError as exc:
         print("@@error " + json.dumps({"kind": "input", "message": str(exc)}), flush=True)
         return INPUT_ERROR_EXIT
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, then re-raised for the log
+    except BaseException as exc:  # reported to the parent, then re-raised for the log
         if isinstance(exc, SystemExit):
             raise  # onnx2tf exits after printing its own ERROR lines: the parent reads them in the log
         message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""

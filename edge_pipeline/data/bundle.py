@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,15 +63,24 @@ class DataBundle:
         """What metrics.json says about the data a run used (the DESIGN contract)."""
         return {
             "dataset": self.name, "classes": self.num_classes,
-            "samples": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
+            "samples": {"train": split_length(self.train), "val": split_length(self.val),
+                        "test": split_length(self.test)},
             "fingerprint": self.fingerprint,
         }
 
     def describe(self) -> dict:
         return {
-            "dataset": self.name, "classes": self.num_classes, "train": len(self.train), "val": len(self.val),
-            "test": len(self.test), "input_shape": list(self.input_shape), "mean": self.mean, "std": self.std,
+            "dataset": self.name, "classes": self.num_classes, "train": split_length(self.train),
+            "val": split_length(self.val), "test": split_length(self.test), "input_shape": list(self.input_shape),
+            "mean": self.mean, "std": self.std,
         }
+
+
+def split_length(dataset: Dataset) -> int:
+    """Samples in a split. Every split here is map-style with a length; torch's Dataset type just
+    does not declare __len__ (iterable datasets have none)."""
+    assert isinstance(dataset, Sized), f"{type(dataset).__name__} has no length"
+    return len(dataset)
 
 
 def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:

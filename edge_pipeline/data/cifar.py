@@ -96,10 +96,9 @@ def _load(path: Path) -> dict:
 def _batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     content = _load(path)
     data, labels = content.get("data"), content.get("labels")
-    ok = (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape == (ROWS_PER_BATCH, 3072)
-          and isinstance(labels, list) and len(labels) == ROWS_PER_BATCH
-          and all(isinstance(v, int) and 0 <= v < 10 for v in labels))
-    if not ok:
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape == (ROWS_PER_BATCH, 3072)
+            and isinstance(labels, list) and len(labels) == ROWS_PER_BATCH
+            and all(isinstance(v, int) and 0 <= v < 10 for v in labels)):
         raise UserError(f"data.path: {shown(path)} does not hold {ROWS_PER_BATCH} 32x32 RGB images with labels 0..9; "
                         "extract cifar-10-python.tar.gz again")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), np.asarray(labels, np.int64)

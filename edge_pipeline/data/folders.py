@@ -41,6 +41,9 @@ class _ImageFiles(Dataset):
         return open_image(file.path, "data.path"), label
 
 
+# One split of an image folder: (the files, indices into them, labels of all the files).
+_Source = tuple[_ImageFiles, np.ndarray, np.ndarray]
+
 class _ArrayImages(Dataset):
     """(PIL image, label) from uint8 NHWC arrays (CIFAR-10)."""
 
@@ -124,7 +127,7 @@ def load_imagefolder_bundle(config, seed: int) -> DataBundle:
         bases = {split: _ImageFiles(tree.samples) for split, tree in trees.items()}
         labels = {split: np.asarray(base.targets) for split, base in bases.items()}
         tr, tr_labels = bases["train"], labels["train"]
-        sources = {"train": (tr, np.arange(len(tr)), tr_labels)}
+        sources: dict[str, _Source] = {"train": (tr, np.arange(len(tr)), tr_labels)}
         if "val" in trees and "test" in trees:
             _check_tree(trees["train"], 1)
             sources["val"] = (bases["val"], np.arange(len(bases["val"])), labels["val"])
@@ -140,9 +143,10 @@ def load_imagefolder_bundle(config, seed: int) -> DataBundle:
         tree = trees["all"]
         _check_tree(tree, MIN_PER_CLASS)
         names, folder = tree.classes, _ImageFiles(tree.samples)
-        labels = np.asarray(folder.targets)
-        tr, va, te = split_indices(labels, config.val_fraction, config.test_fraction, seed)
-        sources = {"train": (folder, tr, labels), "val": (folder, va, labels), "test": (folder, te, labels)}
+        all_labels = np.asarray(folder.targets)
+        train_idx, val_idx, test_idx = split_indices(all_labels, config.val_fraction, config.test_fraction, seed)
+        sources = {"train": (folder, train_idx, all_labels), "val": (folder, val_idx, all_labels),
+                   "test": (folder, test_idx, all_labels)}
     sources = {split: (base, _limit(idx, lab, config.limit, seed), lab) for split, (base, idx, lab) in sources.items()}
     _check_files(sources)
     return _bundle("imagefolder", config, seed, sources, list(names), folder_identity(scan, config, seed).fingerprint)
@@ -159,7 +163,7 @@ def _check_tree(tree: ImageTree, min_per_class: int) -> None:
         )
 
 
-def _check_files(sources) -> None:
+def _check_files(sources: dict[str, _Source]) -> None:
     """Decode and hash every image the splits use; refuse corrupt files and leaked splits."""
     splits = {split: [base.samples[int(i)][0] for i in idx] for split, (base, idx, _) in sources.items()}
     files = list(dict.fromkeys(f for split_files in splits.values() for f in split_files))

@@ -15,7 +15,7 @@ Torch-free.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import UserError
@@ -58,7 +58,7 @@ def check_images(files: Iterable[ImageFile], what: str, progress=None) -> dict[I
     return digests
 
 
-def find_leaks(splits: dict[str, Sequence[ImageFile]], digests: dict[ImageFile, str]) -> list[Leak]:
+def find_leaks(splits: Mapping[str, Sequence[ImageFile]], digests: dict[ImageFile, str]) -> list[Leak]:
     """Every held-out file whose bytes also appear in a different split."""
     where: dict[str, list[tuple[str, ImageFile]]] = defaultdict(list)
     for split, files in splits.items():

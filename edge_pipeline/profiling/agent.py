@@ -17,8 +17,6 @@ Per-op timing: the Python interpreter APIs of these runtimes expose no op profil
 reports the model's op list and says so; TFLite's benchmark_model (adb runtime) gives per-op times.
 """
 
-from __future__ import print_function
-
 import argparse
 import json
 import os
@@ -52,8 +50,9 @@ def load_runtime(preferred):
 
                 return name, tf.__version__, tf.lite.Interpreter
         except Exception as exc:  # ImportError, or a broken native library
-            errors.append("%s: %s" % (name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
-    raise RuntimeError("no TFLite runtime importable (%s)" % "; ".join(errors))
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            errors.append(f"{name}: {why}")
+    raise RuntimeError(f"no TFLite runtime importable ({'; '.join(errors)})")
 
 
 def _dist_version(dist, module):
@@ -186,15 +185,14 @@ def cpu_affinity():
 
 def op_profile(interpreter):
     """Op types in execution order; per-op times are not exposed by the Python interpreter API."""
-    ops = []
     try:
-        for op in interpreter._get_ops_details():  # noqa: SLF001 - the only way to list ops here
-            ops.append(op.get("op_name"))
+        # private, but the only way to list ops here
+        ops = [op.get("op_name") for op in interpreter._get_ops_details()]
     except Exception:
-        ops = None
-    counts = {}
-    for name in ops or []:
-        counts[name] = counts.get(name, 0) + 1
+        ops = []  # no op list: op_counts is None, as for a model without ops
+    counts = dict.fromkeys(ops, 0)  # in execution order of first appearance
+    for name in ops:
+        counts[name] += 1
     return {"available": False, "op_counts": counts or None,
             "reason": "the Python interpreter API has no per-op timer; use runtime benchmark_model for per-op times"}
 
@@ -231,9 +229,9 @@ def mode_timing(args, np, runtime):
     ops = op_profile(interpreter)
     reasons = []
     if latency["runs"] < args.min_runs:
-        reasons.append("only %d timed runs in max_seconds=%g (min_runs=%d)" % (latency["runs"], args.max_seconds, args.min_runs))
+        reasons.append(f"only {latency['runs']:d} timed runs in max_seconds={args.max_seconds:g} (min_runs={args.min_runs:d})")
     if elapsed < args.min_seconds:
-        reasons.append("timed for %.2fs < min_seconds=%g" % (elapsed, args.min_seconds))
+        reasons.append(f"timed for {elapsed:.2f}s < min_seconds={args.min_seconds:g}")
     # Noise is judged on a robust spread (1.4826 * median absolute deviation estimates the std of
     # the bulk): one scheduler hiccup among thousands of runs should not void a measurement, but
     # a bimodal or drifting run should. The raw std stays in latency_ms.
@@ -241,7 +239,7 @@ def mode_timing(args, np, runtime):
     mad = percentile(sorted(abs(t - median) for t in times), 50)
     rel_std = 1.4826 * mad / median if median else 0.0
     if rel_std > args.max_rel_std:
-        reasons.append("noisy: robust std/median %.2f > max_rel_std %g" % (rel_std, args.max_rel_std))
+        reasons.append(f"noisy: robust std/median {rel_std:.2f} > max_rel_std {args.max_rel_std:g}")
     return {
         "init_ms": init_ms, "first_inference_ms": first_ms,
         "warmup": {"runs": len(warm), "mean_ms": (sum(warm) / len(warm)) if warm else None},
@@ -314,13 +312,14 @@ def main(argv=None):
         if args.sha256:
             actual = file_sha256(args.model)
             if actual != args.sha256.lower():
-                raise RuntimeError("model sha256 mismatch: expected %s, got %s (incomplete copy?)" % (args.sha256, actual))
+                raise RuntimeError(f"model sha256 mismatch: expected {args.sha256}, got {actual} (incomplete copy?)")
             result["model_sha256"] = actual
         handler = {"timing": mode_timing, "memory": mode_memory, "outputs": mode_outputs}[args.mode]
         result.update(handler(args, np, runtime))
         result["ok"] = True
     except Exception as exc:  # report, never a traceback: the caller turns this into one clear line
-        result.update({"ok": False, "error": "%s: %s" % (type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")})
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        result.update({"ok": False, "error": f"{type(exc).__name__}: {first_line}"})
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0 if result["ok"] else 3

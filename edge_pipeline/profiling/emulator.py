@@ -155,8 +155,8 @@ def _run(cmd: list[str], what: str, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         raise PipelineError(f"emulator setup: {what} did not finish within {timeout:.0f}s") from None
     if proc.returncode != 0:
-        lines = [l for l in (proc.stderr or proc.stdout).strip().splitlines() if l.strip()]
-        errors = [l for l in lines if "error" in l.lower()] or lines or ["no output"]
+        lines = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()]
+        errors = [line for line in lines if "error" in line.lower()] or lines or ["no output"]
         raise PipelineError(
             f"emulator setup: {what} failed ({errors[-1][:300]}); it needs network access to Debian and PyPI once"
         )

@@ -3,7 +3,6 @@ so each model is converted once per session and the tests read the files."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np

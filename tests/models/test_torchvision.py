@@ -53,14 +53,15 @@ def cases():
             yield pytest.param(name, 1, id=f"{name}-gray")
 
 
-def saved_and_reloaded(name: str, channels: int, folder) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
-    spec = BaseSpec(f"torchvision:{name}", 3, channels, size_of(name))
+def saved_and_reloaded(name: str, channels: int, folder, size: int | None = None):
+    """(original, reloaded, input batch) of a freshly built torchvision classifier."""
+    size = size or size_of(name)
+    spec = BaseSpec(f"torchvision:{name}", 3, channels, size)
     torch.manual_seed(0)
     original = build_model(spec).eval()
     save_model(TrackedModel(original, spec, meta={"class_names": ["a", "b", "c"]}), folder)
     reloaded = load_model(folder).module
-    x = torch.randn(2, channels, size_of(name), size_of(name))
-    return original, reloaded, x
+    return original, reloaded, torch.randn(2, channels, size, size)
 
 
 @pytest.mark.parametrize("name,channels", list(cases()))
@@ -108,12 +109,23 @@ def estimate_batchnorm(model: torch.nn.Module, size: int) -> None:
 
 
 # One member of every CNN family torchvision has (the transformers, ViT, Swin and MaxViT, are not
-# CNNs); the smallest of each, at 64 px (inception_v3 needs 75+).
+# CNNs); the smallest of each, at 64 px. inception_v3 at 144: below 139 px its Mixed_6 blocks run
+# 1x7/7x1 kernels over maps smaller than the kernel, which onnx2tf converts wrongly (at 80 px the
+# float32 file's logits differ from torch's by 8.7x their range).
+CONVERT_SIZES = {"inception_v3": 144}
 FAMILIES = [
     "alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "googlenet", "inception_v3", "mnasnet0_5",
     "mobilenet_v2", "mobilenet_v3_small", "regnet_y_400mf", "resnet18", "shufflenet_v2_x0_5", "squeezenet1_1",
     "vgg11",
 ]
+
+
+# Open conversion bugs the test found (reported; an xfail that starts passing fails the test).
+INT8_KNOWN_FAILURES = {
+    "convnext_tiny": "the exact GELU (Erf) has no int8 TFLite kernel: 'Could not translate MLIR to FlatBuffer' (Erf)",
+    "googlenet": "ceil_mode max pools become PADV2 with a -inf pad whose int8 scale is ~1.3e36; XNNPACK refuses "
+                 "the file (node failed to prepare), the reference kernels run it",
+}
 
 
 @pytest.mark.slow
@@ -126,8 +138,8 @@ def test_every_cnn_family_converts_to_tflite_after_reload(tmp_path, name):
     from edge_pipeline.convert.runtime import load_interpreter, run_tflite
     from edge_pipeline.convert.tflite_convert import run_conversion
 
-    size = size_of(name)
-    _, model, _ = saved_and_reloaded(name, 3, tmp_path / "saved")
+    size = CONVERT_SIZES.get(name, size_of(name))
+    _, model, _ = saved_and_reloaded(name, 3, tmp_path / "saved", size)
     estimate_batchnorm(model, size)
     shape = (1, 3, size, size)
     onnx_path = tmp_path / "model.onnx"
@@ -145,5 +157,13 @@ def test_every_cnn_family_converts_to_tflite_after_reload(tmp_path, name):
         reference = model(torch.from_numpy(inputs).permute(0, 3, 1, 2)).numpy()
     float_logits = run_tflite(load_interpreter(conversion.files["float32"]), [inputs])
     assert relative_max_error(float_logits, reference) < 1e-3
-    int8_logits = run_tflite(load_interpreter(conversion.files["int8"]), [inputs])
+    known = INT8_KNOWN_FAILURES.get(name)
+    try:
+        assert "int8" not in conversion.failed, conversion.failed.get("int8", "")[:300]
+        int8_logits = run_tflite(load_interpreter(conversion.files["int8"]), [inputs])
+    except (AssertionError, UserError):
+        if known:
+            pytest.xfail(f"int8: {known}")
+        raise
+    assert known is None, f"{name}: int8 converts and loads now; remove it from INT8_KNOWN_FAILURES"
     assert int8_logits.shape == reference.shape and np.isfinite(int8_logits).all()

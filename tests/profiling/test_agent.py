@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from edge_pipeline.profiling.transports.base import AGENT
 from edge_pipeline.artifacts import sha256_file as sha256_of
+from edge_pipeline.profiling.transports.base import AGENT
 
 
 def test_agent_is_python38_and_self_contained():

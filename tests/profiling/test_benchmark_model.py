@@ -24,7 +24,8 @@ def test_parses_real_litert_benchmark_output_like_its_own_json():
     assert parsed["tool"] == "litert-benchmark"
     assert parsed["init_ms"] == truth["init_ms"] and parsed["first_inference_ms"] == truth["warmup_first_ms"]
     assert parsed["warmup"] == {"runs": truth["num_warmup_runs"], "mean_ms": truth["warmup_avg_ms"]}
-    assert (lat["runs"], lat["mean"], lat["std"], lat["median"]) == (truth["num_runs"], truth["avg_ms"], truth["std_ms"], truth["median_ms"])
+    assert (lat["runs"], lat["mean"], lat["std"], lat["median"]) == (
+        truth["num_runs"], truth["avg_ms"], truth["std_ms"], truth["median_ms"])
     assert (lat["min"], lat["max"], lat["p95"]) == (truth["min_ms"], truth["max_ms"], truth["p95_ms"])
 
 
@@ -38,7 +39,8 @@ def test_parses_real_litert_benchmark_output_mobilenet():
 
 
 # A FORMAT SAMPLE, not captured output: the line formats of TFLite's C++ benchmark_model as its
-# source prints them (benchmark_model.cc / benchmark_tflite_model.cc), with made-up numbers.
+# source prints them (benchmark_model.cc / benchmark_tflite_model.cc), with made-up numbers. A
+# backslash at a line's end continues it (one long line of the real output).
 CPP_FORMAT_SAMPLE = """\
 INFO: Num threads: [2]
 INFO: Graph: [/data/local/tmp/edge-pipeline.Ab12Cd34/model.tflite]
@@ -48,7 +50,8 @@ INFO: count=94 first=9000 curr=5100 min=5000 max=9000 avg=5300.5 std=400 p5=5010
 INFO: Running benchmark for at least 50 iterations and at least 2 seconds but terminate if exceeding 120 seconds.
 INFO: count=380 first=5200 curr=5150 min=4900 max=7000 avg=5210.25 std=150 p5=4950 median=5180 p95=5500
 INFO: Inference timings in us: Init: 5250, First inference: 9000, Warmup (avg): 5300.5, Inference (avg): 5210.25
-INFO: Note: as the benchmark tool itself affects memory footprint, the following is only APPROXIMATE to the actual memory footprint of the model at runtime. Take the information at your discretion.
+INFO: Note: as the benchmark tool itself affects memory footprint, the following is only APPROXIMATE to the \
+actual memory footprint of the model at runtime. Take the information at your discretion.
 INFO: Memory footprint delta from the start of the tool (MB): init=2.5 overall=12.75
 INFO: Overall peak memory footprint (MB) via periodic monitoring: 20.5
 """

@@ -20,7 +20,7 @@ CONTRACT_KEYS = {"device", "model", "model_sha256", "model_size_bytes", "runtime
 def test_host_profile_has_the_contract_fields_and_outputs_match(tiny_models, tmp_path):
     device = load_device_file(device_file(tmp_path, "fast-host", "transport: {kind: local}\n" + SHORT_BUDGET))
     profile = profile_model(tiny_models["int8"], device, samples=np.load(tiny_models["samples"]))
-    assert CONTRACT_KEYS <= set(profile)
+    assert set(profile) >= CONTRACT_KEYS
     assert profile["device"] == "fast-host" and profile["model"] == "model_int8.tflite"
     assert profile["model_size_bytes"] == tiny_models["int8"].stat().st_size
     assert profile["runtime"]["name"] == "ai-edge-litert" and profile["emulated"] is False

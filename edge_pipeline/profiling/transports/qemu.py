@@ -8,9 +8,10 @@ Its latency is emulated: meaningful only relative to other models on the same em
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..emulator import ensure_sysroot, find_sysroot, missing_tools, sysroot_dir
 from .base import AGENT, TRANSPORTS, Session, Transport

@@ -179,6 +179,16 @@ def scratch(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
 
 
+def _structural_mutant(path, files: dict[str, str], data) -> object:
+    """One of `files`, parsed, mutated 1-3 times as data, dumped back to `path`."""
+    name = data.draw(st.sampled_from(sorted(files)), label="file")
+    doc = yaml.safe_load(files[name])
+    for _ in range(data.draw(st.integers(1, 3), label="mutations")):
+        doc = mutate(doc, data)
+    path.write_bytes(_dump(doc))
+    return path
+
+
 def test_shipped_files_are_found():
     assert "quickstart.yaml" in RECIPES and "host.yaml" in DEVICES
 
@@ -186,13 +196,7 @@ def test_shipped_files_are_found():
 @settings(FUZZ, max_examples=300)
 @given(data=st.data())
 def test_validate_survives_structural_mutations(scratch, data):
-    name = data.draw(st.sampled_from(sorted(RECIPES)), label="recipe")
-    doc = yaml.safe_load(RECIPES[name])
-    for _ in range(data.draw(st.integers(1, 3), label="mutations")):
-        doc = mutate(doc, data)
-    path = scratch / "structural.yaml"
-    path.write_bytes(_dump(doc))
-    _assert_clean(*_validate(path))
+    _assert_clean(*_validate(_structural_mutant(scratch / "structural.yaml", RECIPES, data)))
 
 
 @settings(FUZZ, max_examples=300)
@@ -210,13 +214,7 @@ def test_validate_survives_text_mutations(scratch, data):
 @settings(FUZZ, max_examples=200)
 @given(data=st.data())
 def test_device_loader_survives_structural_mutations(scratch, data):
-    name = data.draw(st.sampled_from(sorted(DEVICES)), label="device file")
-    doc = yaml.safe_load(DEVICES[name])
-    for _ in range(data.draw(st.integers(1, 3), label="mutations")):
-        doc = mutate(doc, data)
-    path = scratch / "device.yaml"
-    path.write_bytes(_dump(doc))
-    _check_device(path)
+    _check_device(_structural_mutant(scratch / "device.yaml", DEVICES, data))
 
 
 @settings(FUZZ, max_examples=200)

@@ -51,7 +51,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 test: install system-deps emulator runtimes lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=40 $(PYTEST_ARGS)
 
 # Unit tests only (no end-to-end recipe runs).
 test-fast: install

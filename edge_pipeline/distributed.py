@@ -273,6 +273,7 @@ def launch(argv: list[str], nproc: int, log_dir: str | None = None) -> int:
 
 def _wait_for_ranks(procs: list[subprocess.Popen]) -> int:
     """Rank 0's exit code once all ranks have ended, or (after stopping the rest) the first failure's."""
+    failed: list[int] = []
     try:
         while True:
             codes = [p.poll() for p in procs]
@@ -280,19 +281,20 @@ def _wait_for_ranks(procs: list[subprocess.Popen]) -> int:
             if failed or all(c is not None for c in codes):
                 break
             time.sleep(0.2)
-        if failed:
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-            for p in procs:
-                p.wait()
-            return procs[0].returncode if procs[0].returncode not in (None, 0, -15) else failed[0]
-        assert codes[0] is not None  # every rank has ended
-        return codes[0]
     except KeyboardInterrupt:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            p.wait()
+        _end_ranks(procs)
         raise
+    _end_ranks(procs)
+    if failed:
+        return procs[0].returncode if procs[0].returncode not in (None, 0, -15) else failed[0]
+    return procs[0].returncode
+
+
+def _end_ranks(procs: list[subprocess.Popen]) -> None:
+    """Ask the ranks still running to stop (SIGTERM: they save nothing half-written), then reap every
+    rank through `procs`, which also kills what a rank left in its process group."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        children.finish(p)

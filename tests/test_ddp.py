@@ -108,12 +108,15 @@ stages:
 def test_nproc_launch_reports_the_ranks_failure(tmp_path, capsys):
     """Both ranks start, the train stage fails (missing weights file): the launcher returns the
     bad-input exit code and the log of rank 1 says why; nothing hangs."""
+    from edge_pipeline import procs
     from edge_pipeline.cli import main
 
+    earlier = set(procs._live)
     recipe = write(tmp_path / "bad.yaml", "name: bad\ndata: {limit: 100, image_size: 8}\n"
                    "model: {arch: vgg_small, weights: missing.pth}\nstages:\n  - train: {epochs: 1}\n")
     assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "--nproc", "2"]) == 2
     assert "missing.pth" in (tmp_path / "run" / "logs" / "rank1.log").read_text()
+    assert procs._live <= earlier  # both ranks were reaped and forgotten
 
 
 def test_nproc_inside_a_distributed_launch_is_an_error(tmp_path, monkeypatch, capsys):

@@ -16,7 +16,7 @@ from .errors import EdgePipelineError
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
     from .recipe import load_recipe
-    from .report import print_table, write_reports
+    from .report import print_devices, print_table, write_reports
     from .rundir import RunDir
 
     recipe = load_recipe(args.recipe, args.set)
@@ -37,6 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     title = recipe.report.title or f"{recipe.name}: stage by stage"
     records = write_reports(run, metrics, title, plots=recipe.report.plots)
     print_table(records, title)
+    print_devices(run, metrics)
     print(f"run folder: {out}  (metrics.json, report.md, report.html)")
     return 0
 
@@ -260,14 +261,27 @@ def cmd_stages(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report.compare import load_records, print_compare, write_compare
+    from .report.compare import load_baseline_notes, load_recommendations, load_records, print_compare, write_compare
 
     records = load_records(args.paths)
+    recommendations, notes = load_recommendations(args.paths), load_baseline_notes(args.paths)
     out = Path(args.out)
-    written = write_compare(records, out, args.title)
-    print_compare(records, args.title)
+    written = write_compare(records, out, args.title, recommendations, notes)
+    print_compare(records, args.title, recommendations, notes)
     print(f"compare: {len(records)} profiles -> {written['markdown']}, {written['html']}, {out / 'plots'}/*.png")
     return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from .deploy.commands import deploy_command
+
+    return deploy_command(args)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .deploy.commands import predict_command
+
+    return predict_command(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,6 +359,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", help="output folder (default: runs/compare)")
     p.add_argument("--title", default="Device comparison")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("deploy", help="install a run's model on devices, verified there; list, roll back, remove releases")
+    p.add_argument("source", nargs="?", metavar="RUN_DIR|EXPORT_DIR", help="the run (or its export folder) to deploy")
+    p.add_argument("--device", action="append", required=True, metavar="NAME",
+                   help="device name or device file (repeat for several: they deploy in parallel)")
+    p.add_argument("--precision", help="which exported file (default: the run's recommendation for the device, else model.tflite)")
+    p.add_argument("--app", help="the app folder on the device (default: the recipe name)")
+    p.add_argument("--root", metavar="DIR", help="folder on the device that holds the apps (default: home on ssh, "
+                   "/data/local/tmp/edge-pipeline on adb, ~/.local/share/edge-pipeline/deploy locally, /opt/edge-pipeline in qemu)")
+    manage = p.add_mutually_exclusive_group()
+    manage.add_argument("--list", action="store_true", help="list the releases on the device (--json for JSON)")
+    manage.add_argument("--rollback", action="store_true", help="switch current to the previous verified release")
+    manage.add_argument("--remove", metavar="RELEASE", help="remove a release (not the current one)")
+    p.add_argument("--keep", type=int, metavar="K", help="remove all but the newest K releases (after a deploy, or alone)")
+    p.add_argument("--json", action="store_true", help="with --list: print the releases as JSON")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("predict", help="classify images here with the runner that runs on devices")
+    p.add_argument("source", metavar="BUNDLE_OR_RUN_DIR")
+    p.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files, folders of images, or - for stdin")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per image (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON object with every output value")
+    p.add_argument("--precision", help="which exported file (default: model.tflite)")
+    p.add_argument("--benchmark", type=int, metavar="N", help="also time N inferences")
+    p.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

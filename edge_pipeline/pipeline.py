@@ -209,8 +209,8 @@ class Pipeline:
         return record
 
     def _publish(self, spec: StageSpec, folder: Path, record: dict[str, Any]) -> None:
-        """Copy profile JSONs to the run's `profiles/` folder (the contract's location)."""
-        for rel in record["entry"].get("profiles", []):
+        """Copy profile JSONs (shipped files and baseline) to the run's `profiles/` folder (the contract's location)."""
+        for rel in [*record["entry"].get("profiles", []), *record["entry"].get("baseline_profiles", [])]:
             src = folder / Path(rel).name
             dst = self.rundir.resolve(rel)
             if src.is_file() and (not dst.is_file() or sha256_file(dst) != sha256_file(src)):
@@ -218,6 +218,10 @@ class Pipeline:
 
     def _write_summaries(self) -> None:
         metrics = {"recipe": self.recipe.name, "version": __version__, "data": self.data_identity.record, "stages": self.entries}
+        # The file to ship per profiled device, gathered from the profile stages (a later stage wins per device).
+        shipping = {r["device"]: r for e in self.entries for r in e.get("recommendations", [])}
+        if shipping:
+            metrics["recommendations"] = list(shipping.values())
         atomic_write_json(self.rundir.metrics_path, metrics)
         atomic_write_json(
             self.rundir.manifest_path,

@@ -8,6 +8,9 @@ runs/<name>/
   profiles/<device>__<model>.json
   NN-<stage>/              stage.json (cache record: key, output sha256s), details.json, outputs
   .NN-<stage>.tmp/         a stage being computed (renamed into place when it succeeds)
+  baseline/                the trained baseline converted to the shipped precisions, once per run, for
+                           the profile stages (baseline_<precision>.tflite, model.onnx, stage.json)
+  .baseline.tmp/           the baseline being converted
 ```
 
 Everything else (pipeline, stages, report, cli) asks this module for paths. Safety rules live here:
@@ -46,9 +49,13 @@ REPORT_HTML = "report.html"
 PLOTS_DIR = "plots"
 PROFILES_DIR = "profiles"
 LOGS_DIR = "logs"
+BASELINE_DIR = "baseline"
+_BASELINE_TMP = f".{BASELINE_DIR}.tmp"
 # Files inside stage folders that other stages and commands look for.
 CALIBRATION_FILE = "calibration.npy"
 QUANT_PLAN_FILE = "quantization.json"
+# The model a quantize stage prepared for int8 (equalized, bias-corrected), when it changed it.
+QUANT_MODEL_DIR = "model"
 ONNX_FILE = "model.onnx"
 # A marker-less folder holding only these is a harmless leftover we may adopt (e.g. `mkdir runs/x`).
 _ADOPTABLE = frozenset({".DS_Store"})
@@ -68,11 +75,16 @@ def is_stage_dirname(name: str) -> bool:
 
 
 def is_tmp_dirname(name: str) -> bool:
-    return name.startswith(".") and name.endswith(".tmp") and is_stage_dirname(name[1:-4])
+    return name == _BASELINE_TMP or (name.startswith(".") and name.endswith(".tmp") and is_stage_dirname(name[1:-4]))
 
 
 def profile_filename(device: str, model_file: str) -> str:
     return f"{device}__{Path(model_file).stem}.json"
+
+
+def baseline_filename(precision: str) -> str:
+    """The baseline's TFLite file in `baseline/`; its profiles are `<device>__baseline_<precision>.json`."""
+    return f"baseline_{precision}.tflite"
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,10 @@ class RunDir:
     @property
     def logs_dir(self) -> Path:
         return self.root / LOGS_DIR
+
+    @property
+    def baseline_dir(self) -> Path:
+        return self.root / BASELINE_DIR
 
     def stage_dir(self, index: int, name: str) -> Path:
         return self.root / stage_dirname(index, name)
@@ -237,6 +253,14 @@ class RunDir:
     def fresh_tmp_dir(self, index: int, name: str) -> Path:
         """An empty temp folder for a stage; a leftover one of ours (from a killed run) is removed."""
         tmp = self.tmp_dir(index, name)
+        if tmp.exists() or tmp.is_symlink():
+            self.remove_ours(tmp)
+        tmp.mkdir()
+        return tmp
+
+    def fresh_baseline_tmp_dir(self) -> Path:
+        """An empty temp folder for the baseline's conversion (renamed to `baseline/` when it succeeds)."""
+        tmp = self.root / _BASELINE_TMP
         if tmp.exists() or tmp.is_symlink():
             self.remove_ours(tmp)
         tmp.mkdir()

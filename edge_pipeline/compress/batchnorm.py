@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .probe import feed_to
+
 
 def _running_stats(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """The running mean and variance of a BN that tracks them (every BN this module edits does)."""
@@ -78,10 +80,6 @@ def calibrate_identity(model: nn.Module, bns: list[nn.BatchNorm2d], inputs: torc
         bn.bias.copy_(mean)
 
 
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the layer of interest has been seen."""
-
-
 def call_order(model: nn.Module, example: torch.Tensor) -> tuple[list[nn.Module], dict[int, int]]:
     """Modules in the order their forward first starts, and how often each is called."""
     order: list[nn.Module] = []
@@ -111,26 +109,15 @@ def input_statistics(model: nn.Module, bn: nn.Module, inputs: torch.Tensor, stop
     """Per-channel mean and (biased) variance of what `bn` receives over `inputs`, in eval mode."""
     acc: list = []
 
-    def hook(_module, args):
-        x = args[0].detach()
+    def accumulate(x: torch.Tensor) -> None:
         dims = [d for d in range(x.dim()) if d != 1]
         if not acc:
             acc.extend([torch.zeros(x.shape[1], dtype=torch.float64), torch.zeros(x.shape[1], dtype=torch.float64), 0])
         acc[0] += x.sum(dims).double()
         acc[1] += x.pow(2).sum(dims).double()
         acc[2] += x.numel() // x.shape[1]
-        if stop_early:
-            raise _Stop
 
-    handle = bn.register_forward_pre_hook(hook)
-    try:
-        for start in range(0, len(inputs), batch_size):
-            try:
-                model(inputs[start : start + batch_size])
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
+    feed_to(model, bn, inputs, accumulate, stop_early, batch_size)
     if not acc:
         return None
     mean = acc[0] / acc[2]

@@ -107,7 +107,7 @@ def latency_plot(records: list[ModelRecord], path: Path) -> Path:
     for ax, (device, group) in zip(axes[:, 0], groups.items()):
         medians = [float(r.median_ms or 0.0) for r in group]
         upper = [max((r.p90_ms or m) - m, 0.0) for r, m in zip(group, medians)]
-        colors = [GREEN if FASTEST in r.marks else (YELLOW if r.valid is False else BLUE) for r in group]
+        colors = [GREEN if FASTEST in r.marks else (YELLOW if r.valid is False else (GREY if r.baseline else BLUE)) for r in group]
         y = list(range(len(group)))
         ax.barh(y, medians, xerr=[[0.0] * len(group), upper], color=colors, capsize=3)
         ax.set_yticks(y, [r.model for r in group])
@@ -120,7 +120,7 @@ def latency_plot(records: list[ModelRecord], path: Path) -> Path:
     if not groups:
         axes[0, 0].text(0.5, 0.5, "no latency measured", ha="center", va="center")
         axes[0, 0].set_axis_off()
-    return _save(fig, path, "Latency per device and model (green: fastest, yellow: invalid run)")
+    return _save(fig, path, "Latency per device and model (green: fastest, yellow: invalid run, grey: baseline)")
 
 
 def _point_label(r: ModelRecord) -> str:

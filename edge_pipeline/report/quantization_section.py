@@ -17,15 +17,59 @@ KEEP_FLOAT_HEADERS = ["int8 model", "accuracy", "agreement", "size", "host laten
 COMPATIBILITY_HEADERS = ["device", "precision", "runtime", "status", "how", "problem / fix"]
 
 
-def _gate_cell(gates: dict[str, Any], precision: str) -> Cell:
-    """'pass', or the failures the export stage recorded (a list of reasons)."""
-    gate = gates.get(precision, fmt.DASH if precision == "float32" else "n/a")
-    return Cell(gate) if isinstance(gate, str) else Cell("FAIL: " + "; ".join(map(str, gate)), BAD)
+def _failed(failures: list[Any]) -> Cell:
+    return Cell("FAIL: " + "; ".join(map(str, failures)), BAD)
+
+
+def _gate_cell(gates: dict[str, Any], precision: str, configured: dict[str, Any]) -> Cell:
+    """What the export's gates found for one file: "pass" only where a gate ran. Records are
+    {"status", "checks", "failures", "reason"}; older runs stored "pass" (even when no gate was set)
+    or the list of failures."""
+    gate = gates.get(precision)
+    if gate is None:
+        return Cell(fmt.DASH if precision == "float32" else "n/a")
+    if isinstance(gate, list):
+        return _failed(gate) if gate else Cell("pass")
+    if isinstance(gate, str):
+        no_gate_set = all(configured.get(g) is None for g in ("max_accuracy_drop", "min_agreement"))
+        return Cell("no gate set" if gate == "pass" and no_gate_set else gate)
+    status = str(gate.get("status", "n/a"))
+    if status == "fail":
+        return _failed(gate.get("failures") or [])
+    if status == "not applicable" and "untrained" in str(gate.get("reason")):
+        return Cell("not applicable: untrained float model")
+    if status == "off":
+        return Cell("off (null in the recipe)")
+    return Cell(status)
+
+
+def _limit_text(check: dict[str, Any]) -> str:
+    default = " (default)" if check.get("default") else ""
+    if check.get("gate") == "max_accuracy_drop":
+        return f"accuracy drop <= {fmt.number(check.get('limit', 0) * 100, '.2f')} points{default}"
+    return f"agreement >= {fmt.pct(check.get('limit'))}{default}"
+
+
+def gate_limits_paragraph(details: dict[str, Any]) -> Paragraph | None:
+    """The limits each file was held to, marking the defaults (a recipe that sets none gets them)."""
+    results = (details.get("gates") or {}).get("results") or {}
+    parts = [f"{precision}: {', '.join(_limit_text(c) for c in r['checks'])}"
+             for precision, r in results.items() if isinstance(r, dict) and r.get("checks")]
+    return Paragraph("Gate limits: " + "; ".join(parts) + ".") if parts else None
+
+
+def untrained_paragraph(details: dict[str, Any]) -> Paragraph | None:
+    if not details.get("untrained"):
+        return None
+    return Paragraph(f"**Untrained float model**: its test accuracy {fmt.pct(details.get('float_accuracy'))} is at chance "
+                     f"({fmt.pct(details.get('chance_accuracy'))}), so these files are not a result, and the gates, which "
+                     "compare each file with the float model, do not apply. Train the model (or give `model.weights`).")
 
 
 def fidelity_table(details: dict[str, Any]) -> Table:
     float_accuracy = details.get("float_accuracy")
-    gates = (details.get("gates") or {}).get("results", {})
+    configured = details.get("gates") or {}
+    gates = configured.get("results") or {}
     rows = []
     for precision, facts in details.get("precisions", {}).items():
         drop = None if float_accuracy is None else float_accuracy - facts["accuracy"]
@@ -33,7 +77,7 @@ def fidelity_table(details: dict[str, Any]) -> Table:
             precision, fmt.pct(facts["accuracy"]), fmt.points(drop), fmt.pct(facts.get("agreement")),
             f"{fmt.number(facts.get('cosine_mean'), '.5f')} ({fmt.number(facts.get('cosine_min'), '.5f')})",
             fmt.number(facts.get("max_rel_error"), ".2e"), str(facts.get("transposes", fmt.DASH)),
-            fmt.size(facts.get("size_bytes")), _gate_cell(gates, precision),
+            fmt.size(facts.get("size_bytes")), _gate_cell(gates, precision, configured),
         ])
     return Table(FIDELITY_HEADERS, rows)
 
@@ -100,6 +144,7 @@ def export_blocks(entry: dict[str, Any], details: dict[str, Any]) -> list[Block]
                   f"ONNX vs torch relative error {fmt.number(details.get('onnx_vs_torch_rel_error'), '.2e')}."),
         fidelity_table(details),
     ]
+    blocks += [b for b in (untrained_paragraph(details), gate_limits_paragraph(details)) if b is not None]
     for precision, ops in (details.get("float_fallback") or {}).items():
         blocks.append(Paragraph(f"{precision}: {', '.join(ops)} has no {precision} kernel in TFLite and stays float in that file."))
     blocks += diagnosis_blocks(details.get("diagnosis", {}))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import read_json
+from ..data.chance import looks_untrained
 from ..errors import UserError
 from ..rundir import RunDir
 
@@ -31,6 +32,8 @@ class ModelRecord:
     runtime: str = TFLITE  # TORCH or TFLITE
     precision: str | None = None  # float32, int8, ... (a torch model is float32)
     file: str | None = None  # the TFLite file's name; None for a torch model
+    path: str | None = None  # the TFLite file relative to the run folder, as metrics.json names it
+    baseline: bool = False  # the trained baseline converted for comparison (profile stage), not a shipped file
     accuracy: float | None = None  # top-1 on the held-out test split, 0..1
     params: int | None = None
     macs: int | None = None
@@ -69,9 +72,52 @@ def model_facts(metrics: dict[str, Any]) -> list[ModelRecord]:
                                    params=model.get("params"), macs=model.get("macs"), size_bytes=model.get("size_bytes")))
         for art in entry.get("artifacts", []):
             name = Path(art["path"]).name
-            out.append(ModelRecord(**base, runtime=TFLITE, precision=art.get("precision"), file=name, model=Path(name).stem,
-                                   accuracy=art.get("accuracy"), size_bytes=art.get("size_bytes"),
+            out.append(ModelRecord(**base, runtime=TFLITE, precision=art.get("precision"), file=name, path=art["path"],
+                                   model=Path(name).stem, accuracy=art.get("accuracy"), size_bytes=art.get("size_bytes"),
                                    transposes=(art.get("ops") or {}).get("TRANSPOSE")))
+    return _note_chance_level(out, metrics)
+
+
+UNTRAINED_NOTE = "untrained: chance accuracy"
+FLOAT_UNTRAINED_NOTE = "float model untrained: not a result, no gate applied"
+
+
+def _note_chance_level(records: list[ModelRecord], metrics: dict[str, Any]) -> list[ModelRecord]:
+    """Flag figures that are not a result: a model at chance accuracy (untrained, or collapsed), the
+    files exported from one (their gates could not judge them), and a reduced file at chance. Needs
+    metrics.json's data record (classes, test samples); older runs without one get no flags."""
+    data = _object(metrics.get("data"))
+    classes, samples = data.get("classes"), _object(data.get("samples")).get("test")
+    if not isinstance(classes, int) or not isinstance(samples, int):
+        return records
+
+    def at_chance(r: ModelRecord) -> bool:
+        return isinstance(r.accuracy, (int, float)) and looks_untrained(r.accuracy, classes, samples)
+
+    untrained_exports = {r.stage for r in records if r.runtime == TFLITE and r.precision == "float32" and at_chance(r)}
+    for r in records:
+        if r.runtime == TORCH and at_chance(r):
+            r.notes.append(UNTRAINED_NOTE)
+        elif r.runtime == TFLITE and r.stage in untrained_exports:
+            r.notes.append(FLOAT_UNTRAINED_NOTE)
+        elif r.runtime == TFLITE and at_chance(r):
+            r.notes.append("chance accuracy")
+    return records
+
+
+def baseline_facts(metrics: dict[str, Any]) -> list[ModelRecord]:
+    """The baseline's TFLite files that profile stages converted and measured (their `baseline` entry)."""
+    out = []
+    for entry in metrics["stages"]:
+        baseline = _object(entry.get("baseline"))
+        for precision, info in _object(baseline.get("files")).items():
+            info = _object(info)
+            if not isinstance(info.get("path"), str):
+                continue
+            name = Path(info["path"]).name
+            out.append(ModelRecord(stage=baseline.get("model_stage"), status=entry.get("status"), runtime=TFLITE,
+                                   precision=precision, file=name, path=info["path"], model=Path(name).stem,
+                                   size_bytes=info.get("size_bytes"), baseline=True))
     return out
 
 
@@ -158,7 +204,8 @@ def run_name(run: RunDir, metrics: dict[str, Any]) -> str:
 
 
 def facts_by_file(metrics: dict[str, Any]) -> dict[str, ModelRecord]:
-    return {r.file: r for r in model_facts(metrics) if r.file}
+    """What the run says about each TFLite file it profiled, shipped or baseline, by file name."""
+    return {r.file: r for r in [*model_facts(metrics), *baseline_facts(metrics)] if r.file}
 
 
 def profile_records(run: RunDir, metrics: dict[str, Any], label_run: bool = False) -> list[ModelRecord]:

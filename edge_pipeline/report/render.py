@@ -8,16 +8,28 @@ from typing import Any
 
 from ..artifacts import atomic_write_text
 from ..rundir import RESOLVED_RECIPE, RunDir
+from .compare import print_gains, print_ship_lines
 from .doc import document_markdown
 from .htmlpage import PageHeader, html_page
-from .records import ModelRecord, run_name
+from .records import ModelRecord, profile_records, run_name
 from .sections import ReportContext, as_rundir, sections_of
+from .shipping import baseline_notes, run_recommendations
 from .table import stage_table
 from .terminal import print_rich
 
 
 def print_table(records: list[ModelRecord], title: str) -> None:
     print_rich(stage_table(records), title)
+
+
+def print_devices(run_dir: RunDir | str | os.PathLike, metrics: dict[str, Any]) -> None:
+    """After a run's stage table: each shipped file against the baseline, and the file to ship per device."""
+    run = as_rundir(run_dir)
+    records = profile_records(run, metrics)
+    if not records:
+        return
+    print_gains(records, baseline_notes(metrics))
+    print_ship_lines([(None, rec) for rec in run_recommendations(run, metrics, records)], records)
 
 
 def _finished(run: RunDir) -> str:

@@ -3,6 +3,8 @@ on every device it was profiled on) and the stage timings: the report's first tw
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import fmt
 from .doc import BAD, Block, Cell, Paragraph, Section, Table
 from .plots import stages_plot
@@ -50,10 +52,32 @@ def models_section(ctx: ReportContext) -> Section | None:
     return Section("models", "Models", blocks)
 
 
+def batchnorm_line(stage: str, check: dict[str, Any]) -> str | None:
+    """One line on a train/finetune stage's BatchNorm statistics, when they were re-estimated."""
+    if not check.get("refreshed"):
+        return None
+    before, after = fmt.pct(check.get("val_accuracy_before")), fmt.pct(check.get("val_accuracy_after"))
+    why = (f"eval mode {fmt.pct(check.get('eval_accuracy'))} vs {fmt.pct(check.get('batch_statistics_accuracy'))} "
+           f"with batch statistics on {check.get('check_samples')} validation images")
+    if check.get("kept"):
+        return f"**{stage}**: BatchNorm statistics re-estimated ({why}): validation accuracy {before} -> {after}."
+    return (f"**{stage}**: BatchNorm statistics re-estimated ({why}) but not kept: validation accuracy {before} -> {after}; "
+            "the trained statistics stay.")
+
+
+def batchnorm_blocks(ctx: ReportContext) -> list[Block]:
+    lines = [batchnorm_line(entry["name"], details["batchnorm"])
+             for kind in ("train", "finetune") for entry, details in ctx.details_of(kind)
+             if isinstance(details.get("batchnorm"), dict)]
+    return [Paragraph(line) for line in lines if line]
+
+
 @register_section("stages")
 def stages_section(ctx: ReportContext) -> Section | None:
     rows = [
         [str(e.get("name", fmt.DASH)), str(e.get("type", fmt.DASH)), str(e.get("status", fmt.DASH)), fmt.seconds(e.get("seconds"))]
         for e in ctx.metrics["stages"]
     ]
-    return Section("stages", "Stages", [Table(["stage", "type", "status", "time"], rows)]) if rows else None
+    if not rows:
+        return None
+    return Section("stages", "Stages", [Table(["stage", "type", "status", "time"], rows), *batchnorm_blocks(ctx)])

@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from ..compress.names import FeatureLoss, Objective
 from .base import Stage, Strict, register_stage
-from .train import TrainingConfig
+from .train import RefreshBatchNorm, TrainingConfig, refresh_bn_field
 
 
 class FeatureDistillConfig(Strict):
@@ -66,6 +66,7 @@ class FinetuneConfig(TrainingConfig):
     epochs: int = Field(8, ge=0, le=100000)
     lr: float = Field(0.01, gt=0, le=10)
     distill: DistillConfig | None = None
+    refresh_bn: RefreshBatchNorm = refresh_bn_field()
 
 
 def checkpoint_folder(teacher: str) -> Path | None:

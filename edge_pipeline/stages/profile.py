@@ -1,4 +1,12 @@
-"""`profile`: latency and memory of the exported TFLite models on each device of the recipe."""
+"""`profile`: latency and memory of the exported TFLite models on each device of the recipe.
+
+Unless `baseline: false`, it also measures the trained baseline (the recipe's first model stage)
+converted to the same precisions, on the same devices with the same settings, so the report can
+say what the recipe bought on each device; the conversion runs once per run (the `baseline/`
+folder, reused by every profile stage while the baseline model and the quantize plan are unchanged).
+For each device it names the file to ship: the fastest profiled precision that passes the
+accuracy gates (float32 is the reference: no gate applies to it) and fits the device's `memory_mb`.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +24,11 @@ class ProfileConfig(StageConfig):
     outputs_check: int = Field(
         8, ge=0, le=256,
         description="Test samples run on each device and compared with this host's outputs (0: skip).",
+    )
+    baseline: bool = Field(
+        True,
+        description="Also profile the trained baseline (first model stage) in the same precisions and float32, "
+        "for the speed-up and size ratios of each shipped file.",
     )
 
 

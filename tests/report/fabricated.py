@@ -79,6 +79,13 @@ DETAILS = {
                  "channels": {"features.0": [8, 4], "features.3.1": [8, 4], EVIL_LAYER: [16, 4], "classifier.1": [64, 32]}},
     "04-finetune": {"history": [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}], "teacher": "train", "objective": "logits",
                     "final_terms": {"kd": 4.108, "ce": 0.6818}},
+    "05-quantize": {"plan": {"modes": ["int8"]}, "methods": [
+        {"method": "ptq", "seconds": 0.0, "float_accuracy": 0.888889, "int8_accuracy": 0.61, "int8_agreement": 0.64},
+        {"method": "equalize", "seconds": 0.4, "float_accuracy": 0.888889, "int8_accuracy": 0.874, "int8_agreement": 0.99,
+         "iterations": 3, "pairs": [{"first": EVIL_LAYER, "second": "features.3", "spread_before": 1000.0, "spread_after": 2.1}],
+         "skipped": [{"layer": "features.9", "reason": f"features.10 (ReLU6) is not scale-equivariant {EVIL}"}], "absorbed": []},
+        {"method": "bias_correction", "seconds": 0.2, "float_accuracy": 0.888889, "int8_accuracy": 0.881, "int8_agreement": 0.995,
+         "corrected": [{"layer": "features.0", "max_shift": 0.01}], "skipped": [], "samples": 256}]},
     "06-export": {
         "onnx_vs_torch_rel_error": 3.843e-07, "float_accuracy": 0.888889,
         "precisions": {

@@ -31,6 +31,7 @@ def test_mode_is_one_precision_or_a_list_and_export_writes_float32_plus_each():
     ("{mode: int16x8, keep_float: [features.0]}", "keep_float/auto_keep_float apply to the int8 model"),
     ("{max_accuracy_drop: 1.5}", "stages[1].quantize.max_accuracy_drop: must be <= 1"),
     ("{min_agreement: -0.1}", "stages[1].quantize.min_agreement: must be >= 0"),
+    ("{min_agreement: lots}", "stages[1].quantize.min_agreement: must be a number from 0 to 1, `default` or null"),
     ("{io_type: int4}", "stages[1].quantize.io_type: must be one of"),
     ("{calibration_dir: /no/such/folder}", "stages[1].quantize.calibration_dir: folder '/no/such/folder' does not exist"),
 ])
@@ -38,6 +39,18 @@ def test_bad_quantize_config_names_the_field(body, fragment):
     with pytest.raises(UserError) as info:
         recipe(body)
     assert fragment in str(info.value) and str(info.value).startswith("r.yaml:")
+
+
+def test_gates_default_per_precision_a_number_or_null_turns_one_off():
+    from edge_pipeline.recipe import parse_recipe as parse
+
+    unset = recipe("{}").stages[1].config
+    assert (unset.max_accuracy_drop, unset.min_agreement) == ("default", "default")
+    config = recipe("{max_accuracy_drop: null, min_agreement: 0.5}").stages[1].config
+    assert (config.max_accuracy_drop, config.min_agreement) == (None, 0.5)
+    # The resolved recipe (run folders, `validate --print`) reads back to the same gates.
+    again = parse(recipe("{max_accuracy_drop: null}").resolved_yaml(), "resolved.yaml").stages[1].config
+    assert (again.max_accuracy_drop, again.min_agreement) == (None, "default")
 
 
 def test_export_without_quantize_needs_no_calibration():
@@ -101,6 +114,6 @@ def test_quantize_stage_writes_nhwc_calibration_and_plan(tmp_path):
     plan = json.loads((folder / "quantization.json").read_text())
     assert plan["modes"] == ["int8", "float16"] and plan["layout"] == "NHWC"
     assert plan["calibration"]["files"] == 8 and plan["calibration"]["source"].startswith("folder ")
-    assert plan["gates"] == {"max_accuracy_drop": None, "min_agreement": 0.9} and plan["keep_float"] == ["features.0"]
+    assert plan["gates"] == {"max_accuracy_drop": "default", "min_agreement": 0.9} and plan["keep_float"] == ["features.0"]
     details = json.loads((folder / "details.json").read_text())
     assert details["activation_ranges"] and details["outliers"][0]["outlier_ratio"] >= 1.0

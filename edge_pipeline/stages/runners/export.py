@@ -17,24 +17,28 @@ from ...convert.nhwc import fold_flatten_linear
 from ...convert.onnx_export import compare_onnx_to_torch, export_onnx
 from ...convert.runtime import median_latency_ms
 from ...convert.tflite_convert import run_conversion
+from ...data.chance import chance_accuracy, looks_untrained
 from ...data.labels import labels_text
+from ...deploy.bundle import add_runner_files
 from ...errors import EdgePipelineError, PipelineError, UserError
 from ...evaluation import predict
+from ...models.store import load_model
 from ...rundir import CALIBRATION_FILE, ONNX_FILE, QUANT_PLAN_FILE
 from ...ui import console, status_line
 from ..context import StageResult
 from ..export import BUNDLE_MODEL
+from .gates import FAIL, gate_result, relax_hint
 
 
 def run(stage, ctx):
     cfg, data, out = stage.config, ctx.data, ctx.out_dir
-    module = ctx.load_model().module.eval()
+    plan, calibration = _plan(stage, ctx)
+    module = _model_to_convert(ctx, plan).module.eval()
     onnx_path = out / ONNX_FILE
     exported, folded = fold_flatten_linear(module, data.input_shape)
     rewrites = export_onnx(exported, data.input_shape, onnx_path, cfg.opset, getattr(exported, "export_scopes", None))
     onnx_error = compare_onnx_to_torch(module, onnx_path, data.sample("test", 16).numpy(), cfg.onnx_tolerance)
 
-    plan, calibration = _plan(stage, ctx)
     precisions = ["float32"] + [m for m in plan.get("modes", []) if m != "float32"]
     mean, std = np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32)
     samples = calibration if calibration is not None else data.sample("train", 20).permute(0, 2, 3, 1).numpy()
@@ -59,6 +63,7 @@ def run(stage, ctx):
         **rewrites,
         "float_accuracy": round(float_accuracy, 6), "conversion_seconds": conversion.seconds, "precisions": {},
         "float_fallback": conversion.float_fallback,
+        **_untrained_check(float_accuracy, data.num_classes, len(labels)),
     }
     targets = stage._targets(ctx.recipe, ctx.spec.index)
     artifacts = [_evaluate(stage, ctx, p, conversion.files[p], reference, details, targets) for p in precisions]
@@ -70,6 +75,14 @@ def run(stage, ctx):
     details["compatibility"] = _compatibility(stage, conversion.files, precisions, targets)
     details["bundle"] = _bundle(stage, ctx, plan, conversion.files, precisions, details)
     return StageResult(metrics={"artifacts": artifacts}, details=details)
+
+
+def _model_to_convert(ctx, plan):
+    """The quantize stage's prepared model (equalized, bias-corrected) if it made one, else the
+    latest model stage's."""
+    if plan.get("model_dir"):
+        return load_model(ctx.stage_dir(ctx.upstream("calibration").name) / plan["model_dir"])
+    return ctx.load_model()
 
 
 def _plan(stage, ctx):
@@ -161,24 +174,37 @@ def _keep_float_cost(stage, ctx, conversion, reference, details) -> dict[str, An
     return cost
 
 
+def _untrained_check(float_accuracy: float, num_classes: int, samples: int) -> dict[str, Any]:
+    """Is the float model at chance? Then its files are not a result and the gates cannot judge them."""
+    untrained = looks_untrained(float_accuracy, num_classes, samples)
+    if untrained:
+        console.print(f"  [yellow]export: the float model is untrained: test accuracy {float_accuracy:.2%} is at chance "
+                      f"(1/{num_classes} = {chance_accuracy(num_classes):.2%}); the quantization gates do not apply[/]")
+    return {"untrained": untrained, "chance_accuracy": round(chance_accuracy(num_classes), 6), "test_samples": samples}
+
+
 def _gates(stage, ctx, plan, precisions, float_accuracy, details) -> dict[str, Any]:
-    gates = plan.get("gates") or {}
+    """Every reduced file against the quantize stage's gates (defaults where the recipe sets none);
+    a failure stops the run with the diagnosis and the fix."""
+    configured = plan.get("gates") or {}
     results = {}
     for precision in precisions[1:]:
-        failures = gate_failures(details["precisions"][precision], float_accuracy, gates)
-        results[precision] = failures or "pass"
-        if failures:
+        facts = details["precisions"][precision]
+        result = gate_result(facts, float_accuracy, configured, precision, details["test_samples"], details["untrained"])
+        results[precision] = result
+        if result["status"] == FAIL:
+            failures = result["failures"]
             diagnosis = details["diagnosis"].get(precision, {})
             log = ctx.run.logs_dir / f"{ctx.spec.dirname}-diagnosis-{precision}.json"
-            atomic_write_json(log, {"gate_failures": failures, "diagnosis": diagnosis, "fidelity": details["precisions"][precision]})
+            atomic_write_json(log, {"gate_failures": failures, "gate": result, "diagnosis": diagnosis, "fidelity": facts})
             worst = ", ".join(f"{r['layer']} ({r['op']}, added error {r['added']:.3f})" for r in diagnosis.get("ranked", [])[:3])
             more = plan.get("auto_keep_float", 0) + 1
             hint = f"quantize.auto_keep_float: {more} (or keep_float: [layer])" if precision == "int8" else "another precision"
             raise PipelineError(
                 f"export: {precision} fails the quantization gate: {'; '.join(failures)}. "
-                f"Worst layers: {worst or 'diagnosis unavailable'}. Try {hint}; details: {log}"
+                f"Worst layers: {worst or 'diagnosis unavailable'}. Try {hint}{relax_hint(result, precision)}; details: {log}"
             )
-    return {**gates, "results": results}
+    return {**configured, "results": results}
 
 
 def _compatibility(stage, files, precisions, targets) -> list[dict[str, Any]]:
@@ -227,21 +253,5 @@ def _bundle(stage, ctx, plan, files, precisions, details) -> dict[str, Any]:
         "quantization": plan or None, "recipe": ctx.recipe.name,
         "recipe_sha256": sha256_text(ctx.recipe.resolved_yaml()), "edge_pipeline": __version__,
     })
-    return {"model.tflite": primary, "files": sorted(p.name for p in out.iterdir() if p.is_file())}
-
-
-def gate_failures(facts: dict[str, Any], float_accuracy: float, gates: dict[str, Any]) -> list[str]:
-    """Why a reduced file fails the recipe's gates (empty: it passes)."""
-    failures = []
-    drop_limit = gates.get("max_accuracy_drop")
-    if drop_limit is not None:
-        drop = float_accuracy - facts["accuracy"]
-        if drop > drop_limit + 1e-9:
-            failures.append(
-                f"accuracy {facts['accuracy']:.2%} is {drop * 100:.2f} points below float {float_accuracy:.2%} "
-                f"(max_accuracy_drop {drop_limit} = {drop_limit * 100:.2f} points)"
-            )
-    agreement_limit = gates.get("min_agreement")
-    if agreement_limit is not None and facts["agreement"] < agreement_limit - 1e-9:
-        failures.append(f"top-1 agreement with float {facts['agreement']:.2%} < min_agreement {agreement_limit:.2%}")
-    return failures
+    runner = add_runner_files(out, data)  # edge_predict.py, samples/ (test images), android/ (app assets)
+    return {"model.tflite": primary, "files": sorted(p.name for p in out.iterdir() if p.is_file()), **runner}

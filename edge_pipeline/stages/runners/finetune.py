@@ -13,6 +13,7 @@ from ...models.store import load_model
 from ...training import LossFn, cross_entropy, fit
 from ..context import StageResult
 from ..finetune import checkpoint_folder
+from .batchnorm_check import batchnorm_check
 from .train import bn_regularizer
 
 
@@ -32,7 +33,10 @@ def run(stage, ctx):
                   regularizer=bn_regularizer(cfg), after_step=keep_zeros(masks) if masks else None)
     if distill_loss is not None:
         details["final_terms"] = {k: round(v, 6) for k, v in distill_loss.terms().items()}
-        distill_loss.close()
+        distill_loss.close()  # its hooks on the student come off before the BatchNorm check runs it
+    checked = batchnorm_check(model.module, ctx.data, cfg.refresh_bn, cfg.epochs, ctx.spec.name, ctx.seed)
+    if checked is not None:
+        details["batchnorm"] = checked
     if masks:
         details["kept_zero_weights"] = sum(int((~m).sum()) for m in masks.values())
     return StageResult(model, details={"history": history, **details})

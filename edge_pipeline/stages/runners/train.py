@@ -12,6 +12,7 @@ from ...training import cross_entropy, fit
 from ...ui import console
 from ..context import StageResult
 from ..train import TrainingConfig
+from .batchnorm_check import batchnorm_check
 
 
 def run(stage, ctx):
@@ -34,6 +35,9 @@ def run(stage, ctx):
         details["weights"] = {"file": mcfg.weights, "fresh_init": left}
     history = fit(module, data, stage.config, ctx.seed, cross_entropy(stage.config.label_smoothing), "train",
                   regularizer=bn_regularizer(stage.config))
+    checked = batchnorm_check(module, data, stage.config.refresh_bn, stage.config.epochs, ctx.spec.name, ctx.seed)
+    if checked is not None:
+        details["batchnorm"] = checked
     meta = {
         "class_names": data.class_names, "mean": data.mean, "std": data.std,
         "input_shape": list(data.input_shape), "layout": "NCHW",

@@ -109,6 +109,8 @@ def measure_case(name: str, case: dict, epochs: int, work: Path) -> dict:
         recipe.write_text(head + "stages:\n" + stages)
         code, _ = run_cli("run", str(recipe), "--out", str(out))
         results["methods"][method] = read_method(out, code)
+        # Progress, and nothing lost if a long benchmark is stopped: every result as it comes.
+        print(json.dumps({"case": name, "method": method, **results["methods"][method]}), file=sys.stderr, flush=True)
     return results
 
 

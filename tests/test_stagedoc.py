@@ -56,7 +56,7 @@ def test_all_stages_in_pipeline_order_without_heavy_imports():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     headers = [line.split(":")[0] for line in out.splitlines() if line and not line.startswith(" ")]
-    assert headers[:8] == ["train", "restructure", "prune", "finetune", "qat", "quantize", "export", "profile"]
+    assert headers[:9] == ["train", "restructure", "prune", "finetune", "qat", "early_exit", "quantize", "export", "profile"]
     assert out.strip().splitlines()[-1] == "0 []"
 
 

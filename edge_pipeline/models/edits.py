@@ -2,7 +2,8 @@
 
 An `Edit` says which transform ran with which config, and lists primitive ops:
 - `replace`: put a module built from a spec at a dotted path;
-- `share`: make a path refer to the same module object as another path (parameter sharing).
+- `share`: make a path refer to the same module object as another path (parameter sharing);
+- `attach`: add a module at a new path (modules the forward does not call, e.g. exit branches).
 Replaying the ops of every edit, in order, on a freshly built base model gives exactly the
 edited architecture; the weights then load with `strict=True`.
 """
@@ -30,6 +31,11 @@ class Edit:
         _replace(model, path, new)
         self.ops.append({"op": "replace", "path": path, "module": module_spec(new)})
 
+    def attach(self, model: nn.Module, path: str, new: nn.Module) -> None:
+        """Apply and record a new submodule at a path the model does not have yet (exit branches)."""
+        _attach(model, path, new)
+        self.ops.append({"op": "attach", "path": path, "module": module_spec(new)})
+
     def share(self, model: nn.Module, path: str, source: str) -> None:
         model.set_submodule(path, model.get_submodule(source))
         self.ops.append({"op": "share", "path": path, "source": source})
@@ -55,11 +61,21 @@ def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
         model.set_submodule(name, new)
 
 
+def _attach(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    owner = model.get_submodule(parent)
+    if not name.isidentifier() or hasattr(owner, name):
+        raise ValueError(f"cannot attach a module at {path!r}: the name is taken or not an identifier")
+    owner.add_module(name, new)
+
+
 def replay(model: nn.Module, edits: list[Edit]) -> nn.Module:
     for edit in edits:
         for op in edit.ops:
             if op["op"] == "replace":
                 _replace(model, op["path"], build_module(op["module"]))
+            elif op["op"] == "attach":
+                _attach(model, op["path"], build_module(op["module"]))
             elif op["op"] == "share":
                 model.set_submodule(op["path"], model.get_submodule(op["source"]))
             else:

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..artifacts import LIMIT_WEIGHTS, atomic_write_json, check_regular_file, read_json, write_refused
 from ..errors import UserError
-from . import layers  # noqa: F401  (registers our own layers, which saved structures name)
+from . import exit_branches, layers  # noqa: F401  (registers our own layers, which saved structures name)
 from .base import BaseSpec, build_model
 from .edits import Edit, replay
 from .modspec import build_module
@@ -149,7 +149,7 @@ def _check_edit_sizes(edits: list[Edit], structure: Path, weights: Path) -> None
     final: dict[Any, Any] = {}  # path -> the module spec that ends up there (a later edit replaces an earlier one)
     for edit in edits:
         for op in edit.ops if isinstance(edit.ops, list) else []:
-            if isinstance(op, dict) and op.get("op") == "replace":
+            if isinstance(op, dict) and op.get("op") in ("replace", "attach"):
                 final[str(op.get("path"))] = op.get("module")
     # Modules replaced inside an earlier replacement (pruning a low-rank pair) are part of it: count the
     # outermost ones, and each one on its own, so neither double counting nor a nested giant slips by.

@@ -11,6 +11,10 @@ Modes (each run in a fresh process, as benchmark_model separates them):
   memory  load, allocate and run a few inferences; peak resident memory of the process.
   outputs run the inputs of --inputs (a .npy, NHWC float) and return the dequantized outputs in the
           JSON (or save them to --save as .npy).
+  adaptive  the model argument is an early-exit chain (a zip: chain.json, segment files, the plain
+          model, inputs.npy; see edge_pipeline/profiling/exits.py): adaptive inference on every input
+          for each threshold, the chain with no exit (worst case) and the plain model, each input
+          timed end to end; accuracy, mean and p90 latency and the exit histogram per threshold.
 
 --sha256 makes the agent refuse a model whose hash differs (a truncated or altered copy on a board).
 Per-op timing: the Python interpreter APIs of these runtimes expose no op profiler, so the agent
@@ -19,6 +23,7 @@ reports the model's op list and says so; TFLite's benchmark_model (adb runtime) 
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -281,10 +286,161 @@ def mode_outputs(args, np, runtime):
     return {"outputs": len(results), "shape": list(stacked.shape), "values": stacked.tolist()}
 
 
+def _softmax_uncertainty(logits, measure, np):
+    """Normalized entropy of the softmax, or 1 - its largest probability (one sample's logits).
+    Few numpy calls: with tiny models this check costs as much as a segment."""
+    z = logits - logits.max()
+    e = np.exp(z)
+    total = float(e.sum())
+    if measure == "max_softmax":
+        return 1.0 - 1.0 / total  # the largest probability is exp(0) / total
+    # H = log(sum e) - sum(e * z) / sum e, over log(classes)
+    return (math.log(total) - float(np.dot(e, z)) / total) / math.log(len(z))
+
+
+def _quantizer(detail, np):
+    """x (float) -> the tensor's input, with the conversion worked out once (not per call)."""
+    dtype = detail["dtype"]
+    if not np.issubdtype(dtype, np.integer):
+        return lambda x: x.astype(dtype, copy=False)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    inverse, low, high = 1.0 / scale, float(info.min), float(info.max)
+
+    def quantize_fast(x):
+        q = np.rint(x * inverse + zero)
+        np.minimum(q, high, out=q)
+        np.maximum(q, low, out=q)
+        return q.astype(dtype)
+
+    return quantize_fast
+
+
+def _dequantizer(detail, np):
+    if not np.issubdtype(detail["dtype"], np.integer):
+        return lambda y: y.astype(np.float32, copy=False)
+    scale, zero = detail["quantization"]
+    return lambda y: (y.astype(np.float32) - zero) * scale
+
+
+def _handoff(features_detail, input_detail, nchw, np):
+    """Segment k's feature output -> segment k + 1's input (NHWC). The converter calibrates both ends
+    of a cut on the same tensor, so their quantization usually matches and the integers pass
+    unchanged; an output the converter left NCHW is transposed."""
+    same_type = features_detail["dtype"] == input_detail["dtype"]
+    (s1, z1), (s2, z2) = features_detail["quantization"], input_detail["quantization"]
+    layout = (lambda y: np.ascontiguousarray(y.transpose(0, 2, 3, 1))) if nchw else (lambda y: y)
+    if same_type and (not np.issubdtype(input_detail["dtype"], np.integer) or (z1 == z2 and abs(s1 - s2) <= 1e-6 * abs(s2))):
+        return layout
+    dequantize_fast, quantize_fast = _dequantizer(features_detail, np), _quantizer(input_detail, np)
+    return lambda y: quantize_fast(dequantize_fast(layout(y)))
+
+
+def _latency_summary(times):
+    values = sorted(times)
+    return {"mean_ms": sum(values) / len(values), "p90_ms": percentile(values, 90)}
+
+
+def _adaptive_passes(configs, inputs, repeats, times, answers):
+    """Interleaved passes: a change of machine load touches every configuration alike."""
+    for repeat in range(repeats):
+        for i, (_, fn, threshold) in enumerate(configs):
+            results = []
+            for n in range(len(inputs)):
+                x = inputs[n:n + 1]
+                t0 = time.perf_counter()
+                result = fn(x) if threshold is None else fn(x, threshold)
+                times[i].append((time.perf_counter() - t0) * 1000.0)
+                results.append(result)
+            if repeat == 0:
+                answers[i] = results
+
+
+def mode_adaptive(args, np, runtime):
+    import gc
+    import io
+    import zipfile
+
+    name, version, cls = runtime
+    with zipfile.ZipFile(args.model) as bundle:
+        spec = json.loads(bundle.read("chain.json").decode("utf-8"))
+        contents = {s["file"]: bundle.read(s["file"]) for s in spec["segments"]}
+        plain_bytes = bundle.read(spec["plain"])
+        inputs = np.load(io.BytesIO(bundle.read(spec["inputs"])), allow_pickle=False)
+    labels = [int(v) for v in spec["labels"]]
+    measure, repeats = spec["measure"], int(spec.get("repeats", 1))
+
+    def load(content):
+        interpreter = cls(model_content=content, num_threads=args.threads)
+        interpreter.allocate_tensors()
+        return interpreter
+
+    segments = []
+    for s in spec["segments"]:
+        interpreter = load(contents[s["file"]])
+        outputs = interpreter.get_output_details()
+        features = s["features_output"]
+        segments.append({"interpreter": interpreter, "input": interpreter.get_input_details()[0]["index"],
+                         "input_detail": interpreter.get_input_details()[0],
+                         "logits": outputs[s["logits_output"]]["index"], "to_float": _dequantizer(outputs[s["logits_output"]], np),
+                         "features": outputs[features] if features is not None else None,
+                         "nchw": s.get("features_layout") == "NCHW"})
+    for k, segment in enumerate(segments[:-1]):
+        segment["handoff"] = _handoff(segment["features"], segments[k + 1]["input_detail"], segment["nchw"], np)
+        segment["features"] = segment["features"]["index"]
+    first_input = _quantizer(segments[0]["input_detail"], np)
+    plain = load(plain_bytes)
+    plain_in, plain_out = plain.get_input_details()[0], plain.get_output_details()[0]
+    plain_input, plain_index = _quantizer(plain_in, np), plain_out["index"]
+    last = len(segments) - 1
+
+    def run_chain(x, threshold):
+        """(exit index, predicted class): stop at the first exit whose uncertainty is below threshold."""
+        value = first_input(x)
+        for k, segment in enumerate(segments):
+            interpreter = segment["interpreter"]
+            interpreter.set_tensor(segment["input"], value)
+            interpreter.invoke()
+            logits = segment["to_float"](interpreter.get_tensor(segment["logits"]))[0]
+            if k == last or _softmax_uncertainty(logits, measure, np) < threshold:
+                return k, int(logits.argmax())
+            value = segment["handoff"](interpreter.get_tensor(segment["features"]))
+        raise RuntimeError("empty chain")
+
+    def run_plain(x):
+        plain.set_tensor(plain_in["index"], plain_input(x))
+        plain.invoke()
+        return last, int(plain.get_tensor(plain_index)[0].argmax())
+
+    never = -1.0  # no uncertainty is below it: every input runs the whole chain
+    configs = [("plain", run_plain, None), ("worst_case", run_chain, never)]
+    configs += [(t, run_chain, float(t)) for t in spec["thresholds"]]
+    for _ in range(max(1, args.warmup)):
+        run_plain(inputs[:1])
+        run_chain(inputs[:1], never)
+    times = {i: [] for i in range(len(configs))}  # type: dict
+    answers = {}  # type: dict
+    gc.disable()  # a collection inside one timed input would be charged to whichever configuration ran
+    try:
+        _adaptive_passes(configs, inputs, repeats, times, answers)
+    finally:
+        gc.enable()
+
+    def summary(i):
+        exits = [k for k, _ in answers[i]]
+        correct = sum(1 for (_, c), y in zip(answers[i], labels) if c == y)
+        counts = [exits.count(k) for k in range(len(segments))]
+        return dict(accuracy=correct / max(len(labels), 1), exit_counts=counts, **_latency_summary(times[i]))
+
+    return {"early_exit": True, "samples": len(inputs), "repeats": repeats, "measure": measure,
+            "plain": summary(0), "worst_case": summary(1),
+            "thresholds": [dict(threshold=configs[i][0], **summary(i)) for i in range(2, len(configs))]}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Time and size one TFLite model (edge-pipeline agent).")
     parser.add_argument("model")
-    parser.add_argument("--mode", choices=["timing", "memory", "outputs"], default="timing")
+    parser.add_argument("--mode", choices=["timing", "memory", "outputs", "adaptive"], default="timing")
     parser.add_argument("--runtime", default="auto")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=5)
@@ -314,7 +470,7 @@ def main(argv=None):
             if actual != args.sha256.lower():
                 raise RuntimeError(f"model sha256 mismatch: expected {args.sha256}, got {actual} (incomplete copy?)")
             result["model_sha256"] = actual
-        handler = {"timing": mode_timing, "memory": mode_memory, "outputs": mode_outputs}[args.mode]
+        handler = {"timing": mode_timing, "memory": mode_memory, "outputs": mode_outputs, "adaptive": mode_adaptive}[args.mode]
         result.update(handler(args, np, runtime))
         result["ok"] = True
     except Exception as exc:  # report, never a traceback: the caller turns this into one clear line

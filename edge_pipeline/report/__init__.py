@@ -2,7 +2,7 @@
 rendered to the terminal, report.md and a self-contained report.html; `compare` across runs."""
 
 # Importing a section module registers it; `sections.SECTION_ORDER` alone decides the order.
-from . import devices_section, int8_methods_section, pruning_section, quantization_section, restructure_section, table  # noqa: F401
+from . import devices_section, early_exit_section, int8_methods_section, pruning_section, quantization_section, restructure_section, table  # noqa: F401
 from .doc import Section
 from .records import ModelRecord, stage_records
 from .render import print_devices, print_table, write_reports

@@ -20,7 +20,7 @@ from .doc import Figure, Section
 from .records import ModelRecord, profile_records, stage_records
 
 # Pipeline order: the stage tables first, then one section per topic in the order stages run.
-SECTION_ORDER = ("models", "stages", "restructure", "pruning", "int8_methods", "quantization", "devices")
+SECTION_ORDER = ("models", "stages", "restructure", "pruning", "early_exit", "int8_methods", "quantization", "devices")
 
 
 @dataclass

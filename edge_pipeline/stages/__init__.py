@@ -7,7 +7,7 @@ order on purpose (hence the isort markers).
 from .base import STAGES, Stage, StageConfig, register_stage
 
 # isort: off
-from . import train, restructure, prune, finetune, qat, quantize, export, profile  # noqa: F401  (registration)
+from . import train, restructure, prune, finetune, qat, early_exit, quantize, export, profile  # noqa: F401  (registration)
 # isort: on
 
 __all__ = ["STAGES", "Stage", "StageConfig", "register_stage"]

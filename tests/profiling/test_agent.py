@@ -22,7 +22,8 @@ def test_agent_is_python38_and_self_contained():
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert "edge_pipeline" not in imported
     assert imported <= {"__future__", "argparse", "json", "os", "platform", "sys", "time", "numpy", "hashlib",
-                        "resource", "importlib", "ai_edge_litert", "tflite_runtime", "tensorflow"}
+                        "resource", "importlib", "ai_edge_litert", "tflite_runtime", "tensorflow",
+                        "gc", "io", "math", "zipfile"}  # standard library of 3.8: the adaptive (early-exit) mode
     for newer in ("removeprefix", "removesuffix", "math.dist", "functools.cache", "| None"):
         assert newer not in source, newer
 

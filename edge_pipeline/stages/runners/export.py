@@ -27,6 +27,7 @@ from ...rundir import CALIBRATION_FILE, ONNX_FILE, QUANT_PLAN_FILE
 from ...ui import console, status_line
 from ..context import StageResult
 from ..export import BUNDLE_MODEL
+from .early_exit import export_chain
 from .gates import FAIL, gate_result, relax_hint
 
 
@@ -74,6 +75,7 @@ def run(stage, ctx):
     details["gates"] = _gates(stage, ctx, plan, precisions, float_accuracy, details)
     details["compatibility"] = _compatibility(stage, conversion.files, precisions, targets)
     details["bundle"] = _bundle(stage, ctx, plan, conversion.files, precisions, details)
+    details |= export_chain(stage, ctx, module, plan, calibration, precisions)  # early-exit segments; {} without exits
     return StageResult(metrics={"artifacts": artifacts}, details=details)
 
 

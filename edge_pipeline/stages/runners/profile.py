@@ -13,6 +13,7 @@ from ...report.shipping import candidate, choose_file, gate_results
 from ...rundir import PROFILES_DIR, profile_filename
 from ...ui import console
 from ..context import StageResult
+from .early_exit import adaptive_profile
 from .profile_baseline import Baseline, prepare_baseline
 
 
@@ -63,6 +64,7 @@ def run(stage, ctx):
 def _profile(ctx, model: Path, device, threads, samples, listed: list[str]) -> dict[str, Any]:
     """Profile one file, write `<device>__<model>.json` into the stage folder and list it."""
     profile = profile_model(model, device, threads, samples=samples)
+    profile |= adaptive_profile(ctx, model, device, threads)  # an early-exit chain of this file's precision; {} without one
     filename = profile_filename(device.name, model.name)
     atomic_write_json(ctx.out_dir / filename, profile)
     listed.append(f"{PROFILES_DIR}/{filename}")

@@ -24,10 +24,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         return launch_ranks(args, out)
     from . import distributed
+    from .cores import CoresLock
+    from .stagestore import StageStore
 
+    store = StageStore(args.store).claim() if args.store else None
+    cores = CoresLock(args.cores_lock) if args.cores_lock else None
     distributed.init()
     try:
-        Pipeline(recipe, out, args.force).run()
+        Pipeline(recipe, out, args.force, store=store, cores=cores).run()
     finally:
         distributed.shutdown()
     if not distributed.is_leader():
@@ -54,6 +58,7 @@ def launch_ranks(args: argparse.Namespace, out: Path) -> int:
     run = RunDir(out)
     run.claim()  # before the rank logs go in: the folder must be ours (or new) first
     argv = ["run", args.recipe, "--out", str(out)] + [f"--set={s}" for s in args.set] + [f"--force={f}" for f in args.force]
+    argv += [f"--store={args.store}"] if args.store else []
     return distributed.launch(argv, args.nproc, log_dir=str(run.logs_dir))
 
 
@@ -272,6 +277,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep.command import sweep_command
+
+    return sweep_command(args)
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     from .deploy.commands import deploy_command
 
@@ -300,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun this stage even if cached ('all' for every stage)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N data-parallel processes on this machine (or launch with torchrun instead)")
+    p.add_argument("--store", metavar="DIR", help="a stage store shared with other runs: stages found there (same cache key) "
+                   "are copied, not computed; computed stages are added (sweeps use one)")
+    p.add_argument("--cores-lock", help=argparse.SUPPRESS)  # set by `sweep --jobs N` (see cores.py)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a recipe without running it")
@@ -359,6 +373,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", help="output folder (default: runs/compare)")
     p.add_argument("--title", default="Device comparison")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sweep", help="run recipe variants (a grid), shared stages once; Pareto fronts and the best per device")
+    p.add_argument("source", nargs="?", metavar="RECIPE|SWEEP_FILE", help="a recipe, or a sweep file (recipe: + grid:)")
+    p.add_argument("--grid", action="append", default=[], metavar="PATH=[v1,v2]",
+                   help="values of one recipe path, e.g. stages.prune.ratio=[0.3,0.5]; a stage: stages.restructure=[keep,drop]")
+    p.add_argument("--zip", action="store_true", help="pair the grids' values (all the same length) instead of every combination")
+    p.add_argument("--devices", metavar="A,B", help="profile every variant on these devices (default: the recipe's)")
+    p.add_argument("--max-latency-ms", type=float, metavar="X", help="best variant: median latency at most X ms")
+    p.add_argument("--device", metavar="NAME", help="the device the latency budget is for (default: every device)")
+    p.add_argument("--min-accuracy", type=float, metavar="Y", help="best variant: test accuracy at least Y (0..1)")
+    p.add_argument("--max-size-kb", type=float, metavar="Z", help="best variant: file at most Z KB")
+    p.add_argument("--jobs", type=int, metavar="N", help="variants run at once on this machine (default 1; timing runs alone)")
+    p.add_argument("--out", metavar="DIR", help="sweep folder (default: sweeps/<recipe name>)")
+    p.add_argument("--store", metavar="DIR", help="stage store to share (default: DIR/store); on a shared file system for clusters")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--plan", metavar="DIR", help="only write the variants (recipes, plan.json, slurm-array.sh) into DIR")
+    where.add_argument("--collect", metavar="DIR", help="only gather DIR's finished runs: table, fronts, best.yaml")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("deploy", help="install a run's model on devices, verified there; list, roll back, remove releases")
     p.add_argument("source", nargs="?", metavar="RUN_DIR|EXPORT_DIR", help="the run (or its export folder) to deploy")

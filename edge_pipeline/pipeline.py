@@ -17,6 +17,7 @@ import hashlib
 import os
 import shutil
 import time
+from contextlib import AbstractContextManager, nullcontext
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 from . import __version__, distributed, procs
 from .artifacts import atomic_write_json, atomic_write_text, canonical_json, read_json, sha256_file, sha256_text
+from .cores import CoresLock
 from .data import DataBundle, build_data
 from .data.identity import DataIdentity, data_identity
 from .errors import UserError
@@ -33,6 +35,7 @@ from .recipe import Recipe, StageSpec
 from .rundir import DETAILS_FILE, STAGE_RECORD, RunDir
 from .schema import config_dump
 from .stages.context import StageContext
+from .stagestore import StageStore
 from .ui import console, status_line
 
 VERSIONED_PACKAGES = ("torch", "tensorflow", "onnx2tf", "ai-edge-litert")
@@ -59,10 +62,17 @@ def tool_versions() -> dict[str, str]:
 
 
 class Pipeline:
-    def __init__(self, recipe: Recipe, run_dir: str | os.PathLike, force: list[str] | None = None) -> None:
+    """`store`: a stage store shared with other runs (sweeps), consulted when this run has no valid
+    copy of a stage and fed with every stage this run computes. `cores`: the machine's cores lock,
+    when other runs compute in parallel (timed stages then measure alone; see cores.py)."""
+
+    def __init__(self, recipe: Recipe, run_dir: str | os.PathLike, force: list[str] | None = None,
+                 store: StageStore | None = None, cores: CoresLock | None = None) -> None:
         self.recipe = recipe
         self.rundir = RunDir(run_dir)
         self.force = set(force or [])
+        self.store = store
+        self.cores = cores
         names = {s.name for s in recipe.stages}
         unknown = self.force - names - {"all"}
         if unknown:
@@ -99,7 +109,7 @@ class Pipeline:
     # -- running -----------------------------------------------------------------------------
 
     def context(self, spec: StageSpec, out_dir: Path) -> StageContext:
-        return StageContext(self.recipe, spec, out_dir, self.rundir, lambda: self.data)
+        return StageContext(self.recipe, spec, out_dir, self.rundir, lambda: self.data, self.store)
 
     def run(self) -> list[dict[str, Any]]:
         if not distributed.is_leader():
@@ -122,27 +132,63 @@ class Pipeline:
         final = self.rundir.stage_dir(spec.index, spec.name)
         started = time.perf_counter()
         forced = spec.name in self.force or "all" in self.force
-        record = None if forced else self._valid_record(final, key)
-        distributed.broadcast_object(record is None)  # distributed runs: tell the followers (see _follow)
-        if record is not None:
-            status = "cached"
-            console.print(f"[green]✓[/] {spec.dirname:<18} cached")
-        else:
-            status = "done"
-            record = self._execute(spec, key, upstream, final)
+        # With a shared store, the key's lock is held from lookup to publication: a run that needs
+        # the same stage at the same time waits and copies instead of computing it again.
+        with self._key_lock(key):
+            record, source = (None, None) if forced else self._reusable(spec, key, final)
+            distributed.broadcast_object(record is None)  # distributed runs: tell the followers (see _follow)
+            if record is not None:
+                status = "cached"
+                console.print(f"[green]✓[/] {spec.dirname:<18} cached{' (shared store)' if source == 'store' else ''}")
+            else:
+                status = "done"
+                record = self._execute(spec, key, upstream, final)
+                if self.store is not None and not forced:
+                    self.store.publish(key, final)
         seconds = round(time.perf_counter() - started, 3)
         self._publish(spec, final, record)
         entry = {"name": spec.name, "type": spec.type, "status": status, "seconds": seconds, **record["entry"]}
         self.entries.append(entry)
-        self.manifest.append(
-            {
-                "name": spec.name, "type": spec.type, "dir": spec.dirname, "status": status, "key": key,
-                "inputs": upstream, "outputs": record["outputs"], "versions": record["versions"],
-                "seconds": record["seconds"],
-            }
-        )
+        step = {
+            "name": spec.name, "type": spec.type, "dir": spec.dirname, "status": status, "key": key,
+            "inputs": upstream, "outputs": record["outputs"], "versions": record["versions"],
+            "seconds": record["seconds"],
+        }
+        if source == "store":
+            step["source"] = "store"
+        self.manifest.append(step)
         self._write_summaries()
         return record
+
+    def _key_lock(self, key: str) -> AbstractContextManager[None]:
+        return self.store.lock(key) if self.store is not None else nullcontext()
+
+    def _reusable(self, spec: StageSpec, key: str, final: Path) -> tuple[dict[str, Any] | None, str | None]:
+        """(record, "run" | "store") of a valid earlier result for `key`, or (None, None)."""
+        record = self._valid_record(final, key)
+        if record is not None:
+            return record, "run"
+        if self.store is None:
+            return None, None
+        tmp = self.rundir.fresh_tmp_dir(spec.index, spec.name)
+        try:
+            record = self.store.copy_into(key, tmp)
+            if record is None:
+                shutil.rmtree(tmp)
+                return None, None
+            if final.exists() or final.is_symlink():
+                self.rundir.remove_ours(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return record, "store"
+
+    def _cores(self, spec: StageSpec) -> AbstractContextManager[None]:
+        """Shared use of the cores while computing, sole use while a stage times a model."""
+        if self.cores is None:
+            return nullcontext()
+        return self.cores.hold(exclusive=spec.stage.measures_time)
 
     def _execute(self, spec: StageSpec, key: str, upstream: dict[str, Any], final: Path) -> dict[str, Any]:
         tmp = self.rundir.fresh_tmp_dir(spec.index, spec.name)
@@ -150,13 +196,14 @@ class Pipeline:
         started = time.perf_counter()
         ctx = self.context(spec, tmp)
         try:
-            result = spec.stage.run(ctx)
-            entry, details = dict(result.metrics), dict(result.details)
-            if result.model is not None:
-                save_model(result.model, tmp)
-                facts = model_facts(result.model, self.data, tmp)
-                details["val_accuracy"] = facts.pop("val_accuracy")
-                entry["model"] = facts
+            with self._cores(spec):
+                result = spec.stage.run(ctx)
+                entry, details = dict(result.metrics), dict(result.details)
+                if result.model is not None:
+                    save_model(result.model, tmp)
+                    facts = model_facts(result.model, self.data, tmp)
+                    details["val_accuracy"] = facts.pop("val_accuracy")
+                    entry["model"] = facts
             if details:
                 atomic_write_json(tmp / DETAILS_FILE, details)
         except BaseException:

@@ -40,6 +40,9 @@ class Stage:
     produces: ClassVar[Produces]
     # The kinds of upstream output this stage needs (checked when the recipe is validated).
     needs: ClassVar[tuple[Produces, ...]] = ()
+    # Does the stage time models on this machine's cores? Then parallel runs (sweep --jobs) let it
+    # run alone (see cores.py).
+    measures_time: ClassVar[bool] = False
 
     def __init__(self, config: StageConfig) -> None:
         self.config = config

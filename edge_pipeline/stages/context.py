@@ -14,6 +14,7 @@ from ..artifacts import read_json
 from ..errors import PipelineError
 from ..models.store import TrackedModel, load_model
 from ..rundir import STAGE_RECORD, RunDir
+from ..stagestore import StageStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data import DataBundle
@@ -35,7 +36,7 @@ class StageContext:
     """Everything a running stage may use: its config, its output folder, data and upstream outputs."""
 
     def __init__(self, recipe: Recipe, spec: StageSpec, out_dir: Path, run: RunDir,
-                 data: Callable[[], DataBundle]) -> None:
+                 data: Callable[[], DataBundle], store: StageStore | None = None) -> None:
         self.recipe = recipe
         self.spec = spec
         self.config = spec.config
@@ -43,6 +44,8 @@ class StageContext:
         self.run = run
         self.seed = recipe.seed
         self._data = data
+        # The stage store shared with other runs (a sweep's), for results keyed like stages (the baseline).
+        self.store = store
 
     @property
     def data(self) -> DataBundle:

@@ -39,6 +39,7 @@ class ProfileStage(Stage):
     config: ProfileConfig
     produces = "profiles"
     needs = ("tflite",)
+    measures_time = True
 
     def check(self, index, earlier):
         return unknown_devices(self.config.devices, "devices")

@@ -78,9 +78,16 @@ def prepare_baseline(ctx, export_spec, precisions: list[str]) -> Baseline:
         "plan": {k: plan.get(k) for k in ("io_type", "per_channel")}, "calibration": calibration_hash,
     }))
     reused = _reuse(ctx.run.baseline_dir, key, base.name)
+    if reused is None and ctx.store is not None:
+        with ctx.store.lock(key):
+            return _from_store_or_convert(ctx, export_spec, base, precisions, plan, key)
     if reused is not None:
         console.print(f"  baseline: reusing the {base.name} stage's model as TFLite ({', '.join(sorted(reused.files))})")
         return reused
+    return _convert_or_record_failure(ctx, export_spec, base, precisions, plan, key)
+
+
+def _convert_or_record_failure(ctx, export_spec, base, precisions: list[str], plan: dict[str, Any], key: str) -> Baseline:
     console.print(f"  baseline: converting the {base.name} stage's model to {', '.join(precisions)} for the speed-up figures")
     try:
         return _convert(ctx, export_spec, base, precisions, plan, key)
@@ -90,6 +97,33 @@ def prepare_baseline(ctx, export_spec, precisions: list[str]) -> Baseline:
         why = str(exc) if isinstance(exc, EdgePipelineError) else f"{type(exc).__name__}: {exc}"
         console.print(f"  [yellow]baseline: conversion failed, no speed-up figures: {why}[/]")
         return Baseline(base.name, failed=dict.fromkeys(precisions, why))
+
+
+def _from_store_or_convert(ctx, export_spec, base, precisions: list[str], plan: dict[str, Any], key: str) -> Baseline:
+    """With a shared store (a sweep): the variants that share the baseline convert it once. Called
+    holding the key's lock; only from a profile stage, which holds the cores alone (cores.py), so
+    this lock taken inside the cores lock cannot close a cycle."""
+    tmp = ctx.run.fresh_baseline_tmp_dir()
+    try:
+        record = ctx.store.copy_into(key, tmp)
+        if record is not None:
+            final = ctx.run.baseline_dir
+            if final.exists() or final.is_symlink():
+                ctx.run.remove_ours(final)
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if record is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        baseline = _convert_or_record_failure(ctx, export_spec, base, precisions, plan, key)
+        if _reuse(ctx.run.baseline_dir, key, base.name) is not None:  # converted (a crash left no folder): share it
+            ctx.store.publish(key, ctx.run.baseline_dir)
+        return baseline
+    console.print(f"  baseline: the {base.name} stage's model as TFLite, from the shared store")
+    reused = _reuse(ctx.run.baseline_dir, key, base.name)
+    assert reused is not None
+    return reused
 
 
 def _stage_identity(ctx, spec) -> dict[str, Any]:

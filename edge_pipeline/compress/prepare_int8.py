@@ -61,6 +61,13 @@ def replace_relu6(model: TrackedModel) -> list[str]:
     return paths
 
 
+def equalize_in_place(module: nn.Module) -> dict[str, Any]:
+    """Cross-layer equalization, then high-bias absorption, on `module` (same float function)."""
+    report = equalize(module)
+    absorbed = absorb_high_biases(module, find_pairs(module)[0])
+    return {"pairs": report.pairs, "skipped": report.skipped, "iterations": report.iterations, "absorbed": absorbed}
+
+
 def prepare_for_int8(model: TrackedModel, *, equalize_pairs: bool, relu6_to_relu: bool, bias_correction: str,
                      calibration: torch.Tensor, test_loader: Loader, per_channel: bool,
                      learned_rounding: dict[str, Any] | None = None, seed: int = 0) -> tuple[TrackedModel, list[dict[str, Any]]]:
@@ -80,11 +87,7 @@ def prepare_for_int8(model: TrackedModel, *, equalize_pairs: bool, relu6_to_relu
     if relu6_to_relu:
         step("relu6_to_relu", lambda: {"replaced": len(replace_relu6(prepared))})
     if equalize_pairs:
-        def cle() -> dict[str, Any]:
-            report = equalize(module)
-            absorbed = absorb_high_biases(module, find_pairs(module)[0])
-            return {"pairs": report.pairs, "skipped": report.skipped, "iterations": report.iterations, "absorbed": absorbed}
-        step("equalize", cle)
+        step("equalize", lambda: equalize_in_place(module))
     if learned_rounding is not None:
         step("adaround", lambda: adaround(module, calibration, per_channel, seed=seed, **learned_rounding))
     if bias_correction == "empirical":

@@ -8,6 +8,10 @@ the rounding straight through. At the end the weights are left on the int8 grid,
 `quantize` + `export` produce a file with exactly the integers QAT trained with; the stage reports how
 the converter's calibrated input ranges compare with the ranges learned in training.
 
+On a model with badly scaled channels (one channel's range orders of magnitude above the others),
+plain QAT diverges: that channel's gradients are as many times too large. `equalize: true` rescales
+the channels first (same float function), as the quantize stage's option does.
+
 Put it after the last model-changing stage and before `quantize` (whose `per_channel` must match).
 `distill` works as in `finetune` (e.g. from the float model: `distill: {teacher: finetune}`).
 """
@@ -26,6 +30,10 @@ class QatConfig(TrainingConfig):
     lr: float = Field(0.005, gt=0, le=10, description="Peak learning rate (small: the model is already trained).")
     per_channel: bool = Field(True, description="Per-channel weight scales (per-tensor if false); must match quantize.per_channel.")
     calibration_samples: int = Field(256, ge=8, le=100000, description="Train images that set the initial input ranges.")
+    equalize: bool = Field(
+        False, description="Cross-layer equalization (and high-bias absorption) before training: a model whose channel "
+        "ranges differ by orders of magnitude gets gradients of the same orders, which QAT alone cannot train through.")
+    relu6_to_relu: bool = Field(False, description="Replace ReLU6 by ReLU first, so equalization can cross them (as in quantize).")
     distill: DistillConfig | None = None
 
 

@@ -10,10 +10,11 @@ from pydantic import ValidationError
 from ..errors import UserError
 from ..report.sweep_report import print_sweep, write_sweep_report
 from ..rundir import RunDir
+from ..stagestore import StageStore
 from .collect import DONE, collect, write_best, write_sweep_json
 from .execute import run_variants
 from .grid import Axis, make_axis, parse_axis
-from .plan import STORE_DIR, Constraints, SweepFile, is_sweep_file, make_plan, read_plan, read_sweep_file, write_plan
+from .plan import STORE_DIR, Constraints, SweepFile, is_sweep_file, make_plan, read_plan, read_sweep_file, store_path, write_plan
 
 SWEEPS_DIR = "sweeps"
 
@@ -49,6 +50,7 @@ def sweep_command(args: argparse.Namespace) -> int:
                   f"run each with `edge-pipeline run {folder}/variants/<id>.yaml --out {folder}/runs/<id> --store STORE`, "
                   f"or `sbatch {folder}/slurm-array.sh`; then `edge-pipeline sweep --collect {folder}`")
             return 0
+        StageStore(store_path(folder, plan)).claim()  # a foreign --store fails here, once, not in every variant
         print(f"sweep {plan.name}: {planned} variants, {jobs} at a time -> {folder}")
         outcomes = run_variants(folder, plan, jobs)
         return _collect_and_report(folder, plan, outcomes)

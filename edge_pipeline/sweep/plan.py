@@ -141,12 +141,15 @@ def make_plan(recipe_path: Path, axes: list[Axis], zipped: bool, devices: list[s
 
 
 def _with_devices(data: dict[str, Any], devices: list[str] | None) -> None:
-    """Every profile stage measures on `devices`; a recipe without one gets one (a sweep compares measurements)."""
+    """Every profile stage measures on `devices`. A sweep compares files measured on devices: a recipe
+    without a profile stage gets one (and an export stage before it, if it has none)."""
     stages = data.get("stages")
     if not isinstance(stages, list):
         return
     profiles = [s for s in stages if isinstance(s, dict) and "profile" in s]
     if not profiles:
+        if not any(isinstance(s, dict) and "export" in s for s in stages):
+            stages.append({"export": {}})
         stages.append({"profile": {"devices": list(devices or ["host"])}})
         return
     if devices:

@@ -44,3 +44,29 @@ stages:
     # Without the methods the same file fails the gate (the control).
     assert main(["run", str(recipe), "--out", str(out), "--set", "stages.quantize.equalize=false",
                  "--set", "stages.quantize.bias_correction=none"]) == 1
+
+
+@pytest.mark.slow
+def test_qat_trains_through_the_hard_model_once_equalized(hard_weights, tmp_path, capsys):
+    """Plain QAT on the 1000x channel diverges (its gradients are 1000x too large) and says so in one
+    line; `qat: {equalize: true}` rescales first and the int8 file holds."""
+    weights, _ = hard_weights
+    recipe = write(tmp_path / "hard.yaml", HARD_HEAD.replace("width: 0.5}", f"width: 0.5, weights: {weights}}}") + """\
+stages:
+  - train: {epochs: 0}
+  - qat: {epochs: 1, calibration_samples: 128, equalize: true}
+  - quantize: {mode: int8, calibration_samples: 128, max_accuracy_drop: 0.02, min_agreement: 0.95}
+  - export: {}
+""")
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out)]) == 0
+    qat = json.loads((out / "02-qat" / "details.json").read_text())
+    assert any(p["first"] == "features.0" for p in qat["equalize"]["pairs"])
+    export = json.loads((out / "04-export" / "details.json").read_text())
+    int8 = export["precisions"]["int8"]
+    assert int8["accuracy"] >= export["float_accuracy"] - 0.02 and int8["agreement"] >= 0.95
+    capsys.readouterr()
+    # The control: without equalization, QAT stops with its one-line error; the cached train stays.
+    assert main(["run", str(recipe), "--out", str(tmp_path / "plain"), "--set", "stages.qat.equalize=false"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "qat" in errors[0] and "nan" in errors[0], errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...compress.int8sim import activation_ranges
+from ...compress.prepare_int8 import equalize_in_place, replace_relu6
 from ...compress.qat import QuantAware
 from ...data import calibration_batch
 from ...training import LossFn, cross_entropy, fit
@@ -29,6 +30,12 @@ def run(stage, ctx):
         distill_loss, info = _distill_loss(stage, ctx, model.module)
         loss, extra = distill_loss, distill_loss.parameters()
         details.update(info)
+    if cfg.relu6_to_relu:
+        details["relu6_replaced"] = len(replace_relu6(model))
+    if cfg.equalize:
+        model.module.eval()
+        details["equalize"] = equalize_in_place(model.module)
+        console.print(f"  {ctx.spec.name}: equalized {len(details['equalize']['pairs'])} layer pairs before training")
     aware = QuantAware(model.module, calibration, cfg.per_channel)
     with aware.attached():
         history = fit(model.module, ctx.data, cfg, ctx.seed, loss, ctx.spec.name, extra_params=extra,

@@ -7,7 +7,7 @@ reusing the trained stage from the cache. Per method: the float and the int8 fil
 top-1 agreement (int8 file vs float), the quantize stage's simulated int8 accuracy, and the seconds
 the quantize, qat and export stages took. Nothing is kept in float. Methods: ptq, equalize,
 equalize+bias_correction, adaround, equalize+adaround, qat_1 and qat_3 (a `qat` stage of 1 or 3
-epochs before quantize).
+epochs before quantize), equalize+qat_1 (the qat stage equalizes first).
 
 Cases (`--cases`, default all):
 - hard: vgg_small on digits, trained, with one channel made 1000x wider without changing its
@@ -17,7 +17,7 @@ Cases (`--cases`, default all):
   per-channel weights (with relu6_to_relu where equalizing);
 - mobilenet_v3_small: torchvision mobilenet_v3_small at 64 px (hard-swish: not equalizable).
 
-Usage: python benchmarks/quantization.py [--cases hard,dw_per_tensor] [--epochs N] [--out DIR]
+Usage: python benchmarks/quantization.py [--cases hard,dw_per_tensor] [--methods ptq,equalize] [--epochs N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ METHODS = {
     "equalize+adaround": ("equalize: true, adaround: {}", ""),
     "qat_1": ("", "  - qat: {epochs: 1, per_channel: PER_CHANNEL}\n"),
     "qat_3": ("", "  - qat: {epochs: 3, per_channel: PER_CHANNEL}\n"),
+    "equalize+qat_1": ("", "  - qat: {epochs: 1, per_channel: PER_CHANNEL, equalize: true}\n"),
 }
 
 
@@ -84,7 +85,7 @@ def widen_channel(run_dir: Path, norm: str, consumer: str, work: Path) -> Path:
     return path
 
 
-def measure_case(name: str, case: dict, epochs: int, work: Path) -> dict:
+def measure_case(name: str, case: dict, epochs: int, work: Path, methods: list[str]) -> dict:
     head, train = f"name: {name}\nseed: 0\n" + case["head"] + "}\n", case["train"].replace("EPOCHS", str(epochs))
     trained = work / f"{name}-trained"
     recipe = work / f"{name}-train.yaml"
@@ -98,14 +99,18 @@ def measure_case(name: str, case: dict, epochs: int, work: Path) -> dict:
         train = "  - train: {epochs: 0}\n"
     results = {"train_seconds": round(train_seconds, 1), "methods": {}}
     per_channel = str(case["per_channel"]).lower()
-    for method, (options, before) in METHODS.items():
+    for method in methods:
+        options, before = METHODS[method]
         extra = options
         if case.get("relu6") and "equalize" in options:
             extra += ", relu6_to_relu: true"
         quantize = "{mode: int8, calibration_samples: 256, per_channel: " + per_channel + \
                    (", " + extra if extra else "") + ", max_accuracy_drop: 1, min_agreement: 0}"
         out = work / f"{name}-trained" if "widen" not in case else work / f"{name}-widened"
-        stages = train + before.replace("PER_CHANNEL", per_channel) + f"  - quantize: {quantize}\n  - export: {{}}\n"
+        before = before.replace("PER_CHANNEL", per_channel)
+        if case.get("relu6") and "equalize: true" in before:
+            before = before.replace("equalize: true", "equalize: true, relu6_to_relu: true")
+        stages = train + before + f"  - quantize: {quantize}\n  - export: {{}}\n"
         recipe.write_text(head + "stages:\n" + stages)
         code, _ = run_cli("run", str(recipe), "--out", str(out))
         results["methods"][method] = read_method(out, code)
@@ -136,6 +141,7 @@ def read_method(out: Path, code: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from: {', '.join(CASES)}")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from: {', '.join(METHODS)}")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--out", help="work folder (default: a fresh temp folder)")
     args = parser.parse_args()
@@ -144,10 +150,14 @@ def main() -> int:
     if unknown:
         print(f"error: --cases: unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}", file=sys.stderr)
         return 2
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods or any(m not in METHODS for m in methods):
+        print(f"error: --methods: choose from {', '.join(METHODS)}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="edge-pipeline-bench-") as tmp:
         work = Path(args.out) if args.out else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        report = {name: measure_case(name, CASES[name], args.epochs, work) for name in chosen}
+        report = {name: measure_case(name, CASES[name], args.epochs, work, methods) for name in chosen}
     for case in report.values():
         methods = {m: r for m, r in case.get("methods", {}).items() if "int8_points_lost" in r}
         if methods:

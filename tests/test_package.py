@@ -198,3 +198,28 @@ def test_installed_package_converts_and_profiles_on_the_host(installed):
     result = json.loads((installed["work"] / "host.json").read_text())
     assert result["device"] == "host" and result["runtime"]["name"] == "ai-edge-litert"
     assert result["latency_ms"]["runs"] >= 100 and result["latency_ms"]["median"] > 0
+
+
+def _subcommands() -> list[str]:
+    import argparse
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sorted(sub.choices)
+
+
+@pytest.mark.parametrize("command", _subcommands())
+def test_every_commands_help_is_free_of_heavy_imports(command):
+    script = textwrap.dedent(f"""\
+        import sys
+        from edge_pipeline.cli import main
+        try:
+            main([{command!r}, "--help"])
+        except SystemExit as exc:
+            assert exc.code == 0, exc.code
+        heavy = sorted(m for m in ("torch", "tensorflow", "onnx", "onnx2tf", "matplotlib") if m in sys.modules)
+        print("HEAVY", heavy)
+        """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout and command in proc.stdout

@@ -44,12 +44,13 @@ KNOWN_MAX_OP_VERSIONS: dict[tuple[str, str], dict[str, int]] = {
 
 UPGRADE = "pip install 'ai-edge-litert>=2.1' on the device (the runtime this project converts for)"
 
-# A loader that runs under any runtime's Python (3.8+, numpy, no edge_pipeline). It prints a JSON
-# line as it enters each phase, so a crash (abort, segfault) is still located, then a result line.
+# A loader that runs under any runtime's Python (3.8+, numpy, no edge_pipeline). For each model in
+# turn it prints a JSON line as it enters each phase, so a crash (abort, segfault) is still located,
+# then a result line; one process (one runtime import) serves every model of a check.
 # "reference" also runs the model without the default (XNNPACK) delegate, as diagnosis does.
 LOADER = r"""
 import json, sys
-name, model, modes = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+name, modes, models = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
 def say(**fields):
     print(json.dumps(fields), flush=True)
 try:
@@ -63,30 +64,32 @@ try:
         mod.Interpreter = tf.lite.Interpreter
     import numpy as np
 except Exception as exc:
-    say(ok=False, phase="import", error="%s: %s" % (type(exc).__name__, exc))
+    for index in range(len(models)):
+        say(model=index, ok=False, phase="import", error="%s: %s" % (type(exc).__name__, exc))
     sys.exit(0)
-phase = "load"
-try:
-    for mode in modes:
-        kwargs = {}
-        if mode == "reference":
-            kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        for phase in ("load", "allocate", "invoke"):
-            phase = phase if mode == "default" else "%s (%s)" % (phase, mode)
-            say(phase=phase)
-            if phase.startswith("load"):
-                interpreter = mod.Interpreter(model_path=model, **kwargs)
-            elif phase.startswith("allocate"):
-                interpreter.allocate_tensors()
-            else:
-                for detail in interpreter.get_input_details():
-                    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
-                interpreter.invoke()
-    say(ok=True)
-except Exception as exc:
-    say(ok=False, phase=phase, error=str(exc))
+for index, model in enumerate(models):
+    phase = "load"
+    try:
+        for mode in modes:
+            kwargs = {}
+            if mode == "reference":
+                kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            for phase in ("load", "allocate", "invoke"):
+                phase = phase if mode == "default" else "%s (%s)" % (phase, mode)
+                say(model=index, phase=phase)
+                if phase.startswith("load"):
+                    interpreter = mod.Interpreter(model_path=model, **kwargs)
+                elif phase.startswith("allocate"):
+                    interpreter.allocate_tensors()
+                else:
+                    for detail in interpreter.get_input_details():
+                        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+                    interpreter.invoke()
+            interpreter = None
+        say(model=index, ok=True)
+    except Exception as exc:
+        say(model=index, ok=False, phase=phase, error=str(exc))
 """
-
 
 @dataclass
 class Problem:
@@ -167,22 +170,35 @@ def _same_release(installed: str, wanted: str) -> bool:
 def load_test(python: str, runtime: str, model: Path, reference: bool = False, timeout: float = 120) -> dict[str, Any]:
     """Load, allocate and invoke `model` with `runtime` under `python`, in a subprocess (also
     without default delegates if `reference`). {"ok": bool, "phase": ..., "error": ...}."""
+    return load_tests(python, runtime, [model], reference, timeout)[0]
+
+
+def load_tests(python: str, runtime: str, models: list[Path], reference: bool = False,
+               timeout: float = 120) -> list[dict[str, Any]]:
+    """`load_test` for several models in one subprocess, one result per model. A model that crashes
+    the runtime gets that as its result, and the models after it are tested again without it."""
     modes = "default,reference" if reference else "default"
-    check_regular_file(model, LIMIT_TFLITE, "TFLite model")
+    for model in models:
+        check_regular_file(model, LIMIT_TFLITE, "TFLite model")
     try:
         proc = procs.run(
-            [python, "-c", LOADER, runtime, str(model), modes], timeout=timeout,
+            [python, "-c", LOADER, runtime, modes, *map(str, models)], timeout=timeout * len(models),
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
     except subprocess.TimeoutExpired:
-        return {"ok": False, "phase": "timeout", "error": f"no answer within {timeout:.0f}s"}
+        return [{"ok": False, "phase": "timeout", "error": f"no answer within {timeout:.0f}s"} for _ in models]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    if lines and "ok" in lines[-1]:
-        return lines[-1]
-    phase = lines[-1]["phase"] if lines else "start"
+    results = {line["model"]: {k: v for k, v in line.items() if k != "model"} for line in lines if "ok" in line}
+    if len(results) == len(models):
+        return [results[index] for index in range(len(models))]
+    crashed = len(results)  # the loader goes in order: the first model without a result crashed it
+    phases = [line["phase"] for line in lines if line.get("model") == crashed and "ok" not in line]
     stderr = [line for line in proc.stderr.strip().splitlines() if line.strip() and not line.startswith("INFO:")]
     how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
-    return {"ok": False, "phase": phase, "error": f"the runtime crashed ({how}) {('after: ' + stderr[-1][:200]) if stderr else ''}".strip()}
+    crash = {"ok": False, "phase": phases[-1] if phases else "start",
+             "error": f"the runtime crashed ({how}) {('after: ' + stderr[-1][:200]) if stderr else ''}".strip()}
+    rest = load_tests(python, runtime, models[crashed + 1:], reference, timeout) if crashed + 1 < len(models) else []
+    return [results[index] for index in range(crashed)] + [crash] + rest
 
 
 _MISSING_OP = re.compile(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'")
@@ -251,11 +267,31 @@ def check_model(
     load: bool = True,
 ) -> Compatibility:
     """Static checks, then a real load test when the runtime exists here (and `load`)."""
-    model = Path(model)
-    graph = read_graph(model)
-    policy = policy_problems(graph, allow_flex)
+    return check_models([model], runtime, version, allow_flex, local_python, load)[0]
+
+
+def check_models(
+    models: list[str | Path],
+    runtime: str = "ai-edge-litert",
+    version: str | None = None,
+    allow_flex: bool = False,
+    local_python: str | None = None,
+    load: bool = True,
+) -> list[Compatibility]:
+    """`check_model` for several files against one runtime: the load tests share one subprocess."""
+    paths = [Path(m) for m in models]
+    graphs = [read_graph(path) for path in paths]  # a corrupt file is an error before anything runs
     python = runtime_python(runtime, version, local_python) if load else None
-    outcome = load_test(python, runtime, model) if python is not None else None
+    outcomes: list[dict[str, Any] | None] = [None] * len(paths)
+    if python is not None and paths:
+        outcomes = list(load_tests(python, runtime, paths))
+    return [_verdict(path, graph, runtime, version, allow_flex, python, outcome)
+            for path, graph, outcome in zip(paths, graphs, outcomes)]
+
+
+def _verdict(model: Path, graph: Graph, runtime: str, version: str | None, allow_flex: bool, python: str | None,
+             outcome: dict[str, Any] | None) -> Compatibility:
+    policy = policy_problems(graph, allow_flex)
     if outcome is not None and outcome.get("phase") != "import":
         note = ""
         if python == sys.executable and version is None:
@@ -283,9 +319,14 @@ def check_model(
 
 def check_device(model: str | Path, device, load: bool = True) -> Compatibility:
     """`check_model` for a DeviceProfile (runtime name/version, allow_flex, local interpreter)."""
+    return check_device_models([model], device, load)[0]
+
+
+def check_device_models(models: list[str | Path], device, load: bool = True) -> list[Compatibility]:
+    """`check_device` for several files (one load-test subprocess for all of them)."""
     transport = getattr(device, "transport", None)
     local_python = getattr(transport, "python", None) if getattr(transport, "kind", None) == "local" else None
-    return check_model(model, device.runtime.name, device.runtime.version, device.allow_flex, local_python, load)
+    return check_models(models, device.runtime.name, device.runtime.version, device.allow_flex, local_python, load)
 
 
 def ensure_loadable(model: str | Path, reference: bool = True) -> None:

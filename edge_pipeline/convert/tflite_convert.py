@@ -9,7 +9,8 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 from .. import procs
 from ..artifacts import LIMIT_ONNX, LIMIT_TEXT, check_regular_file, read_json
 from ..errors import PipelineError, UserError
-from ..ui import console, status_line
+from ..ui import console
 from .tflite_worker import INPUT_ERROR_EXIT
 
 # onnx2tf looks for this file in the working directory and downloads sample images if it is
@@ -101,6 +102,21 @@ def run_conversion(
     precisions: list[str],
     sample_images01: np.ndarray,
     calibration_nhwc: np.ndarray | None,
+    **options: Any,
+) -> Conversion:
+    """Convert `onnx_path` into `out_dir/model_<precision>.tflite` for each precision, in the worker
+    (see `conversion_started` for the options)."""
+    with conversion_started(onnx_path, out_dir, precisions, sample_images01, calibration_nhwc, **options) as pending:
+        return pending.result()
+
+
+@contextmanager
+def conversion_started(
+    onnx_path: Path,
+    out_dir: Path,
+    precisions: list[str],
+    sample_images01: np.ndarray,
+    calibration_nhwc: np.ndarray | None,
     io_type: str = "int8",
     per_channel: bool = True,
     keep_float: list[str] | None = None,
@@ -108,15 +124,17 @@ def run_conversion(
     diagnose_samples: int = 32,
     log_path: Path | None = None,
     timeout: float = 3600,
-) -> Conversion:
-    """Convert `onnx_path` into `out_dir/model_<precision>.tflite` for each precision, in the worker.
+) -> Iterator[PendingConversion]:
+    """Start the conversion worker and return at once: the caller does other work (the worker spends
+    its first ~15 s importing TensorFlow on its own core), then calls `.result()`. Leaving the block
+    without a result stops the worker; its temp folder goes either way.
 
     `keep_float` (layer globs) and `auto_keep_float` (N worst layers) make the int8 file a mixed
     model; the plain int8 one is kept as `model_int8_full.tflite` for comparison."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     if any(p in NEEDS_CALIBRATION for p in precisions) and calibration_nhwc is None:
         raise PipelineError("export: int8/int16x8 need calibration data; add a `quantize` stage before `export`")
     check_regular_file(onnx_path, LIMIT_ONNX, "ONNX model")
+    out_dir.mkdir(parents=True, exist_ok=True)
     with procs.temp_dir("convert") as work_dir:
         np.save(work_dir / ONNX2TF_SAMPLE_FILE, onnx2tf_sample_images(sample_images01))
         calibration_file = work_dir / "calibration.npy"
@@ -134,49 +152,102 @@ def run_conversion(
             "diagnose_samples": int(diagnose_samples), "result": str(work_dir / "result.json"),
         }
         (work_dir / "spec.json").write_text(json.dumps(spec))
-        log_path = log_path or out_dir / "convert.log"
-        run_worker(WORKER + [str(work_dir / "spec.json")], work_dir, log_path, timeout)
-        result = read_json(work_dir / "result.json")
-    selective = result.get("selective")
-    if selective:
-        selective["full_int8"] = Path(selective["full_int8"])
-    return Conversion({p: Path(f) for p, f in result["files"].items()}, result["seconds"], selective,
-                      result["failed"], result["float_fallback"])
+        with worker_started(WORKER + [str(work_dir / "spec.json")], work_dir, log_path or out_dir / "convert.log",
+                            timeout) as worker:
+            yield PendingConversion(worker, work_dir / "result.json", out_dir)
+
+
+class PendingConversion:
+    """A running conversion; `result()` waits for it (progress on the terminal) and reads its result."""
+
+    def __init__(self, worker: RunningWorker, result_path: Path, out_dir: Path) -> None:
+        self.worker = worker
+        self.result_path = result_path
+        self.out_dir = out_dir
+
+    def result(self, on_file: Callable[[str, Path], None] | None = None) -> Conversion:
+        """Wait for the worker. `on_file(precision, path)` runs as soon as a file is final, while the
+        worker goes on with the next precision (float32 is evaluated while int8 calibrates); an
+        exception from it stops the worker."""
+        def announced(precision: str) -> None:
+            if on_file is not None:
+                on_file(precision, self.out_dir / f"model_{precision}.tflite")
+
+        self.worker.wait(on_file=announced)
+        result = read_json(self.result_path)
+        selective = result.get("selective")
+        if selective:
+            selective["full_int8"] = Path(selective["full_int8"])
+        return Conversion({p: Path(f) for p, f in result["files"].items()}, result["seconds"], selective,
+                          result["failed"], result["float_fallback"])
 
 
 def run_worker(cmd: list[str], work_dir: Path, log_path: Path, timeout: float) -> None:
-    """Run a worker command (in `work_dir`, with `worker_env`); its stdout protocol lines drive
-    progress, everything else goes to the log. The worker and anything it starts die with us.
-    Raises UserError (bad input found by the worker) or PipelineError (the conversion failed or crashed)."""
+    """Run a worker command (in `work_dir`, with `worker_env`) to its end; see `RunningWorker.wait`."""
+    with worker_started(cmd, work_dir, log_path, timeout) as worker:
+        worker.wait()
+
+
+@contextmanager
+def worker_started(cmd: list[str], work_dir: Path, log_path: Path, timeout: float) -> Iterator[RunningWorker]:
+    """A worker command started in `work_dir` with `worker_env`, its stderr going to `log_path`. It
+    and anything it starts die with us, and are stopped when the block is left before `wait()` ends."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    last_step, error, timed_out = None, None, False
-    with (_new_log(log_path) as log, status_line("converting"),
+    with (_new_log(log_path) as log,
           procs.spawned(cmd, cwd=work_dir, env=worker_env(work_dir), stdout=procs.PIPE, stderr=log) as proc):
+        yield RunningWorker(proc, log, log_path, time.monotonic() + timeout, timeout)
+
+
+@dataclass
+class RunningWorker:
+    proc: subprocess.Popen
+    log: IO[str]
+    log_path: Path
+    deadline: float  # time.monotonic() at which the worker is stopped
+    timeout: float
+
+    def wait(self, on_file: Callable[[str], None] | None = None) -> None:
+        """Follow the worker to its end: its stdout protocol lines drive progress (and `on_file` for
+        each finished precision), everything else goes to the log. Raises UserError (bad input found
+        by the worker) or PipelineError (the conversion failed, crashed or ran past its deadline)."""
+        last_step, error, timed_out = None, None, False
+        spinner = console.status("converting", spinner="dots")
+        spinner.start()
         try:
-            for line in procs.stream_lines(proc, timeout):
-                if line.startswith("@@step "):
-                    last_step = line.split(" ", 1)[1].strip()
-                    if last_step != "done":
-                        console.print(f"  converting: {last_step}")
-                elif line.startswith("@@error "):
-                    try:
-                        error = json.loads(line.split(" ", 1)[1])
-                    except ValueError:
-                        error = {"kind": "conversion", "message": line.split(" ", 1)[1].strip()}
-                else:
-                    log.write(line)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            procs.stop(proc)
-        code = procs.finish(proc)
-    if timed_out:
-        raise PipelineError(f"export: conversion took longer than {timeout:.0f}s and was stopped during {last_step}; see {log_path}")
-    if code == 0:
-        return
-    if code == INPUT_ERROR_EXIT and error and error.get("kind") == "input":
-        raise UserError(f"export: {error['message']}")
-    raise PipelineError(f"export: conversion failed: {describe_failure(log_tail(log_path), code, last_step, error)}; "
-                        f"full log: {log_path}")
+            try:
+                for line in procs.stream_lines(self.proc, max(0.0, self.deadline - time.monotonic())):
+                    if line.startswith("@@step "):
+                        last_step = line.split(" ", 1)[1].strip()
+                        if last_step != "done":
+                            console.print(f"  converting: {last_step}")
+                    elif line.startswith("@@file "):
+                        if on_file is not None:
+                            spinner.stop()  # the callback may show its own progress bar
+                            on_file(line.split(" ", 1)[1].strip())
+                            spinner.start()
+                    elif line.startswith("@@error "):
+                        try:
+                            error = json.loads(line.split(" ", 1)[1])
+                        except ValueError:
+                            error = {"kind": "conversion", "message": line.split(" ", 1)[1].strip()}
+                    else:
+                        self.log.write(line)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                procs.stop(self.proc)
+            code = procs.finish(self.proc)
+        finally:
+            spinner.stop()
+        self.log.flush()
+        if timed_out:
+            raise PipelineError(f"export: conversion took longer than {self.timeout:.0f}s and was stopped during "
+                                f"{last_step}; see {self.log_path}")
+        if code == 0:
+            return
+        if code == INPUT_ERROR_EXIT and error and error.get("kind") == "input":
+            raise UserError(f"export: {error['message']}")
+        raise PipelineError(f"export: conversion failed: {describe_failure(log_tail(self.log_path), code, last_step, error)}; "
+                            f"full log: {self.log_path}")
 
 
 @contextmanager

@@ -10,8 +10,9 @@ Selective int8 (keep_float / auto_keep_float): the converter calibrates once
 `denylisted_nodes` (output tensor names of the ops to keep in float): the same two calls that
 `tf.lite.experimental.QuantizationDebugger.get_nondebug_quantized_model` makes in TF 2.19.
 
-Protocol: argv[1] is a JSON spec file; progress lines `@@step <name>` go to stdout, a Python
-failure ends with one `@@error <json>` line; the result (precision -> file, seconds, selective
+Protocol: argv[1] is a JSON spec file; progress lines `@@step <name>` go to stdout, `@@file
+<precision>` once that precision's file is written for good, a Python failure ends with one
+`@@error <json>` line; the result (precision -> file, seconds, selective
 quantization facts) is written to spec["result"]. Exit code 3 means bad input (e.g. a keep_float
 glob that matches no layer), anything else non-zero a conversion failure.
 """
@@ -25,9 +26,14 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 INPUT_ERROR_EXIT = 3
+# Set to 1 to run onnx2tf exactly as it ships, without the two shortcuts below (they must not change
+# a byte: tests/convert/test_conversion_reuse.py compares both ways).
+PLAIN_CONVERSION = "EDGE_PIPELINE_PLAIN_CONVERSION"
 
 # Every onnx2tf option that changes the graph, pinned, so that nothing but the ONNX file decides the
 # result. Above all `not_use_onnxsim`: otherwise onnx2tf runs the `onnxsim` command if one happens to
@@ -171,6 +177,66 @@ def quantized_model(spec: dict, tf_dir: Path, precision: str, calibration) -> tu
     return converter.convert(), sorted(set(missing))
 
 
+@contextmanager
+def no_keras_metadata() -> Iterator[None]:
+    """Skip computing a Keras layer's SavedModel metadata, which nothing here ever writes.
+
+    `tf.saved_model.save` walks every object's attributes looking for tf.functions
+    (`AutoTrackable._trackable_children` calls `getattr` on everything in `dir(obj)`), and so reads
+    each Keras layer's `_tracking_metadata` property: a JSON dump of the layer's config. onnx2tf's
+    layers carry their constant tensors in that config, so each dump serializes every weight as
+    nested Python lists, and the model's own dump does it again for all layers. That was ~60% of a
+    conversion (three saves: onnx2tf's SavedModel, then one inside each Keras TFLite conversion).
+    The value is thrown away: `tf.saved_model.save` stores only the object identifier and version
+    (saved_model/save.py `_write_object_proto`); only Keras' own `model.save` writes it
+    (keras_metadata.pb), which this worker never calls. So the saved graphs, and the TFLite files,
+    are the same bytes (tests/convert/test_conversion_reuse.py checks it)."""
+    from tf_keras.src.engine import base_layer, base_layer_v1
+
+    classes = (base_layer.Layer, base_layer_v1.Layer)
+    saved = [cls.__dict__["_tracking_metadata"] for cls in classes]
+    for cls in classes:
+        cls._tracking_metadata = property(lambda self: "")
+    try:
+        yield
+    finally:
+        for cls, original in zip(classes, saved):
+            cls._tracking_metadata = original
+
+
+@contextmanager
+def only_wanted_float_files(precisions: list[str]) -> Iterator[None]:
+    """onnx2tf always converts float32, then float16 with the same converter: skip the float16
+    conversion when no stage asked for it (the float32 file is written before it, so it does not
+    change). Only onnx2tf makes Keras converters in this window, and only its float16 pass asks for
+    float16 types."""
+    import tensorflow as tf
+
+    if "float16" in precisions:
+        yield
+        return
+    cls = tf.lite.TFLiteConverter
+    original = cls.__dict__["from_keras_model"]  # the classmethod itself, restored as it was
+
+    def from_keras_model(model):
+        converter = original.__get__(None, cls)(model)
+        convert = converter.convert
+
+        def convert_unless_float16():
+            if tf.float16 in converter.target_spec.supported_types:
+                return b""  # onnx2tf writes an empty float16 file in its work folder; nobody reads it
+            return convert()
+
+        converter.convert = convert_unless_float16
+        return converter
+
+    cls.from_keras_model = from_keras_model
+    try:
+        yield
+    finally:
+        cls.from_keras_model = original
+
+
 def convert_all(spec: dict) -> dict:
     """onnx2tf once, then each precision; a reduced precision that fails is recorded, not fatal
     to the others (the parent decides)."""
@@ -181,10 +247,14 @@ def convert_all(spec: dict) -> dict:
     started = time.perf_counter()
     import onnx2tf
 
-    onnx2tf.convert(
-        input_onnx_file_path=spec["onnx"], output_folder_path=str(tf_dir), non_verbose=True,
-        onnxruntime_output_memmap_dir=str(Path(spec["workdir"]) / "ort-memmap"), **ONNX2TF_OPTIONS,
-    )
+    with ExitStack() as shortcuts:
+        if os.environ.get(PLAIN_CONVERSION) != "1":
+            shortcuts.enter_context(no_keras_metadata())
+            shortcuts.enter_context(only_wanted_float_files(spec["precisions"]))
+        onnx2tf.convert(
+            input_onnx_file_path=spec["onnx"], output_folder_path=str(tf_dir), non_verbose=True,
+            onnxruntime_output_memmap_dir=str(Path(spec["workdir"]) / "ort-memmap"), **ONNX2TF_OPTIONS,
+        )
     result: dict = {"files": {}, "seconds": {"onnx2tf": round(time.perf_counter() - started, 2)},
                     "selective": None, "failed": {}, "float_fallback": {}}
     calibration = None
@@ -220,6 +290,7 @@ def convert_all(spec: dict) -> dict:
                 result["selective"] = {**facts, "full_int8": str(full)}
         result["files"][precision] = str(target)
         result["seconds"][precision] = round(time.perf_counter() - started, 2)
+        print(f"@@file {precision}", flush=True)  # final: the parent may evaluate it while we go on
     return result
 
 

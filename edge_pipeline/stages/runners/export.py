@@ -9,14 +9,14 @@ import numpy as np
 
 from ... import __version__
 from ...artifacts import atomic_write_json, atomic_write_text, read_json, read_npy, sha256_text
-from ...convert.compat import check_device, ensure_loadable
+from ...convert.compat import check_device_models, ensure_loadable
 from ...convert.diagnose import diagnose
 from ...convert.fidelity import fidelity, tflite_logits
 from ...convert.inspect import inspect_tflite
 from ...convert.nhwc import fold_flatten_linear
 from ...convert.onnx_export import compare_onnx_to_torch, export_onnx
 from ...convert.runtime import median_latency_ms
-from ...convert.tflite_convert import run_conversion
+from ...convert.tflite_convert import conversion_started
 from ...data.chance import chance_accuracy, looks_untrained
 from ...data.labels import labels_text
 from ...deploy.bundle import add_runner_files
@@ -38,36 +38,40 @@ def run(stage, ctx):
     onnx_path = out / ONNX_FILE
     exported, folded = fold_flatten_linear(module, data.input_shape)
     rewrites = export_onnx(exported, data.input_shape, onnx_path, cfg.opset, getattr(exported, "export_scopes", None))
-    onnx_error = compare_onnx_to_torch(module, onnx_path, data.sample("test", 16).numpy(), cfg.onnx_tolerance)
 
     precisions = ["float32"] + [m for m in plan.get("modes", []) if m != "float32"]
     mean, std = np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32)
     samples = calibration if calibration is not None else data.sample("train", 20).permute(0, 2, 3, 1).numpy()
-    conversion = run_conversion(
+    with conversion_started(
         onnx_path, out, precisions, samples * std + mean, calibration,
         io_type=plan.get("io_type", "int8"), per_channel=plan.get("per_channel", True),
         keep_float=plan.get("keep_float"), auto_keep_float=plan.get("auto_keep_float", 0),
         diagnose_samples=plan.get("diagnose_samples", 32),
         log_path=ctx.run.logs_dir / f"{ctx.spec.dirname}-convert.log", timeout=cfg.timeout_s,
-    )
+    ) as pending:
+        # The torch-side checks need only the ONNX file: they run while the worker imports TensorFlow
+        # and converts (a failure here stops the worker).
+        onnx_error = compare_onnx_to_torch(module, onnx_path, data.sample("test", 16).numpy(), cfg.onnx_tolerance)
+        logits, labels = predict(module, data.loader("test", batch_size=256))
+        reference = logits.numpy()
+        targets = stage._targets(ctx.recipe, ctx.spec.index)
+        conversion, artifact_of, facts_of = _convert_and_evaluate(stage, ctx, pending, reference, targets)
     if conversion.failed:
         raise PipelineError("export: " + "; ".join(
             f"{p} could not be converted ({message}): drop it from quantize.mode" for p, message in conversion.failed.items()
         ) + f"; full log: {ctx.run.logs_dir / f'{ctx.spec.dirname}-convert.log'}")
     for precision, ops in conversion.float_fallback.items():
         console.print(f"  [yellow]{precision}: {', '.join(ops)} has no {precision} kernel; kept in float[/]")
-    logits, labels = predict(module, data.loader("test", batch_size=256))
-    reference = logits.numpy()
     float_accuracy = float((reference.argmax(1) == labels.numpy()).mean())
     details: dict[str, Any] = {
         "onnx_vs_torch_rel_error": float(f"{onnx_error:.3e}"), "flatten_linear_folded": folded,
         **rewrites,
-        "float_accuracy": round(float_accuracy, 6), "conversion_seconds": conversion.seconds, "precisions": {},
+        "float_accuracy": round(float_accuracy, 6), "conversion_seconds": conversion.seconds,
+        "precisions": facts_of,
         "float_fallback": conversion.float_fallback,
         **_untrained_check(float_accuracy, data.num_classes, len(labels)),
     }
-    targets = stage._targets(ctx.recipe, ctx.spec.index)
-    artifacts = [_evaluate(stage, ctx, p, conversion.files[p], reference, details, targets) for p in precisions]
+    artifacts = [artifact_of[p] for p in precisions]
     inputs = data.sample("test", plan.get("diagnose_samples", 32)).permute(0, 2, 3, 1).numpy()
     details["diagnosis"] = _diagnose(stage, conversion.files, precisions, inputs, onnx_path)
     if conversion.selective:
@@ -77,6 +81,19 @@ def run(stage, ctx):
     details["bundle"] = _bundle(stage, ctx, plan, conversion.files, precisions, details)
     details |= export_chain(stage, ctx, module, plan, calibration, precisions)  # early-exit segments; {} without exits
     return StageResult(metrics={"artifacts": artifacts}, details=details)
+
+
+def _convert_and_evaluate(stage, ctx, pending, reference, targets):
+    """Wait for the conversion, evaluating each file as soon as the worker has written it for good:
+    float32 is checked while int8 calibrates. (conversion, precision -> artifact, precision -> facts)."""
+    artifact_of: dict[str, dict[str, Any]] = {}
+    holder: dict[str, Any] = {"precisions": {}}  # _evaluate fills details["precisions"]
+
+    def evaluate(precision, path):
+        artifact_of[precision] = _evaluate(stage, ctx, precision, path, reference, holder, targets)
+
+    conversion = pending.result(on_file=evaluate)
+    return conversion, artifact_of, holder["precisions"]
 
 
 def _model_to_convert(ctx, plan):
@@ -215,12 +232,9 @@ def _compatibility(stage, files, precisions, targets) -> list[dict[str, Any]]:
 
     rows, failures = [], []
     for device, wanted in targets:
-        results = {}
-        for precision in precisions:
-            if wanted and precision not in wanted:
-                continue
-            with status_line(f"checking {files[precision].name} on {device.name}'s runtime"):
-                results[precision] = check_device(files[precision], device)
+        checked = [p for p in precisions if not wanted or p in wanted]
+        with status_line(f"checking {', '.join(files[p].name for p in checked)} on {device.name}'s runtime"):
+            results = dict(zip(checked, check_device_models([files[p] for p in checked], device)))  # one subprocess
         loads = [p for p in precisions if p in results and results[p].status == "ok"]
         for precision, result in results.items():
             rows.append({**result.to_dict(), "device": device.name, "precision": precision, "model": files[precision].name})

@@ -16,24 +16,12 @@ store's key locks), so no cycle of waits can form.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-
-@contextmanager
-def _flock(path: Path, mode: int) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, mode)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+from .filelock import EXCLUSIVE, SHARED, flocked
 
 
 class CoresLock:
@@ -44,16 +32,10 @@ class CoresLock:
     @contextmanager
     def hold(self, exclusive: bool) -> Iterator[None]:
         if exclusive:
-            with _flock(self.turnstile, fcntl.LOCK_EX), _flock(self.path, fcntl.LOCK_EX):
+            with flocked(self.turnstile, EXCLUSIVE), flocked(self.path, EXCLUSIVE):
                 yield
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            with _flock(self.turnstile, fcntl.LOCK_EX):
-                fcntl.flock(fd, fcntl.LOCK_SH)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        with ExitStack() as held:
+            with flocked(self.turnstile, EXCLUSIVE):  # released at once: only a waiting writer keeps us out
+                held.enter_context(flocked(self.path, SHARED))
+            yield

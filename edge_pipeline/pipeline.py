@@ -171,17 +171,9 @@ class Pipeline:
         if self.store is None:
             return None, None
         tmp = self.rundir.fresh_tmp_dir(spec.index, spec.name)
-        try:
-            record = self.store.copy_into(key, tmp)
-            if record is None:
-                shutil.rmtree(tmp)
-                return None, None
-            if final.exists() or final.is_symlink():
-                self.rundir.remove_ours(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        record = self.store.install(key, tmp, final, self.rundir.remove_ours)
+        if record is None:
+            return None, None
         return record, "store"
 
     def _cores(self, spec: StageSpec) -> AbstractContextManager[None]:

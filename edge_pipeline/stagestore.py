@@ -26,18 +26,18 @@ Rules:
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .artifacts import read_json, sha256_file
 from .errors import UserError
+from .filelock import flocked
 from .rundir import STAGE_RECORD
 
 STORE_MARKER = ".edge-pipeline-store"
@@ -85,16 +85,8 @@ class StageStore:
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """Hold `key`'s lock (blocking: another run computing the same stage finishes first)."""
-        path = self.root / LOCKS / f"{_check_key(key)}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        with flocked(self.root / LOCKS / f"{_check_key(key)}.lock"):
+            yield
 
     # -- objects -----------------------------------------------------------------------------
 
@@ -127,6 +119,20 @@ class StageStore:
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / rel, target)
+        return record
+
+    def install(self, key: str, tmp: Path, final: Path, clear: Callable[[Path], None]) -> dict[str, Any] | None:
+        """Copy `key`'s object into the fresh folder `tmp`, then rename it to `final` (what is there is
+        first removed with `clear`, the run folder's own rule); the record, or None if the store has
+        no valid object (`tmp` is then removed, `final` untouched)."""
+        try:
+            record = self.copy_into(key, tmp)
+            if record is not None:
+                if final.exists() or final.is_symlink():
+                    clear(final)
+                os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; a leftover otherwise
         return record
 
     def publish(self, key: str, folder: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -110,3 +111,24 @@ def test_the_key_lock_makes_a_second_process_wait(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_install_replaces_the_runs_folder_through_its_rule_and_leaves_nothing_behind(tmp_path):
+    store = StageStore(tmp_path / "store").claim()
+    store.publish(KEY, stage_folder(tmp_path / "a" / "01-train"))
+    final = stage_folder(tmp_path / "run" / "01-train", key="cd" * 32, files={"old.bin": b"old"})
+    cleared = []
+
+    def clear(folder):
+        cleared.append(folder)
+        shutil.rmtree(folder)
+
+    tmp = tmp_path / "run" / ".01-train.tmp"
+    tmp.mkdir()
+    record = store.install(KEY, tmp, final, clear)
+    assert record["key"] == KEY and cleared == [final]
+    assert (final / "model.safetensors").read_bytes() == b"weights" and not (final / "old.bin").exists()
+    assert not tmp.exists()
+    tmp.mkdir()
+    assert store.install("ef" * 32, tmp, tmp_path / "run" / "02-x", clear) is None  # nothing stored: nothing done
+    assert not tmp.exists() and not (tmp_path / "run" / "02-x").exists()

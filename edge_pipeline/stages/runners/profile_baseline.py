@@ -103,19 +103,8 @@ def _from_store_or_convert(ctx, export_spec, base, precisions: list[str], plan: 
     """With a shared store (a sweep): the variants that share the baseline convert it once. Called
     holding the key's lock; only from a profile stage, which holds the cores alone (cores.py), so
     this lock taken inside the cores lock cannot close a cycle."""
-    tmp = ctx.run.fresh_baseline_tmp_dir()
-    try:
-        record = ctx.store.copy_into(key, tmp)
-        if record is not None:
-            final = ctx.run.baseline_dir
-            if final.exists() or final.is_symlink():
-                ctx.run.remove_ours(final)
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    record = ctx.store.install(key, ctx.run.fresh_baseline_tmp_dir(), ctx.run.baseline_dir, ctx.run.remove_ours)
     if record is None:
-        shutil.rmtree(tmp, ignore_errors=True)
         baseline = _convert_or_record_failure(ctx, export_spec, base, precisions, plan, key)
         if _reuse(ctx.run.baseline_dir, key, base.name) is not None:  # converted (a crash left no folder): share it
             ctx.store.publish(key, ctx.run.baseline_dir)

@@ -76,10 +76,11 @@ def main() -> int:
         cold = run_cli("sweep", args.sweep, "--out", str(out), *jobs)
         sweep = json.loads((out / "sweep.json").read_text())
         print(json.dumps({"cold_sweep_seconds": round(cold, 1)}), flush=True)
+        done = [v for v in sweep["variants"] if v["status"] == "done"]
+        # Before the rerun: it rewrites the manifests (every stage then cached from its own folder).
+        separately = {v["id"]: round(v["seconds"] + reused_compute_seconds(out / v["run_dir"]), 1) for v in done}
         warm = run_cli("sweep", args.sweep, "--out", str(out), *jobs)
         rerun = json.loads((out / "sweep.json").read_text())["stage_runs"]
-        done = [v for v in sweep["variants"] if v["status"] == "done"]
-        separately = {v["id"]: round(v["seconds"] + reused_compute_seconds(out / v["run_dir"]), 1) for v in done}
         result = {
             "sweep": args.sweep, "variants": len(sweep["variants"]), "done": len(done),
             "wall_seconds": {"sweep_cold": round(cold, 1), "sweep_rerun_all_cached": round(warm, 1),

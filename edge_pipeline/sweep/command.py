@@ -24,8 +24,9 @@ def sweep_command(args: argparse.Namespace) -> int:
         folder = Path(args.collect)
         if args.source or args.grid:
             raise UserError("sweep --collect DIR: takes no recipe or --grid (the plan in DIR has them)")
+        plan = read_plan(folder)  # first: a missing or foreign folder is one line, and gets no lock file
         with RunDir(folder).lock():
-            return _collect_and_report(folder, read_plan(folder), None)
+            return _collect_and_report(folder, plan, None)
     if not args.source:
         raise UserError("sweep: give a recipe (or a sweep file), e.g. edge-pipeline sweep recipe.yaml --grid stages.prune.ratio=[0.3,0.5]")
     source = Path(args.source)

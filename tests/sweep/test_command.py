@@ -44,6 +44,9 @@ def test_collect_needs_a_plan(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["sweep", "--collect", str(tmp_path / "empty")]) == 2
     assert "no plan.json" in capsys.readouterr().err
+    assert list((tmp_path / "empty").iterdir()) == []  # no lock file left in a folder that is not ours
+    assert main(["sweep", "--collect", str(tmp_path / "missing")]) == 2
+    assert "no plan.json" in capsys.readouterr().err
 
 
 def test_foreign_out_and_store_folders_are_refused_before_anything_runs(recipe, tmp_path, capsys):

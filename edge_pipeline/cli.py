@@ -90,8 +90,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
         samples = read_npy(args.inputs, what=".npy array of inputs")  # bounded, never unpickled
         samples = check_input_samples(samples, model, args.inputs)  # shape and dtype: exit 2 naming both
+    prediction = None
+    if args.predict:
+        from .profiling.predict import predict_file
+
+        prediction = predict_file(model, device, args.threads)  # builds or extends the device's table first
     profile = profile_model(model, device, args.threads, samples=samples)
+    if prediction is not None:
+        profile.update(prediction.fields())
     text = json.dumps(profile, indent=2)
+    if prediction is not None:
+        print(_predicted_line(profile), file=sys.stderr if not args.out else sys.stdout)
     if args.out:
         atomic_write_json(args.out, profile)
         lat, peak = profile["latency_ms"], profile["peak_rss_mb"]
@@ -101,6 +110,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
     else:
         print(text)
     return 0
+
+
+def _predicted_line(profile: dict) -> str:
+    measured, predicted = profile["latency_ms"]["median"], profile["predicted_ms"]
+    error = (predicted - measured) / measured if measured else float("nan")
+    table = profile["predictor"]
+    return (f"{profile['device']}: {profile['model']} predicted {predicted:.4f} ms, measured {measured:.4f} ms "
+            f"({error:+.1%}; table {table['table']}, {table['entries']} entries)")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -329,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--inputs", metavar="NPY", help="NHWC float inputs (.npy, normalized as the model expects): "
                    "also run them on the device and compare the outputs with this host's")
+    p.add_argument("--predict", action="store_true", help="also predict the latency from the device's latency table "
+                   "(its missing ops are timed on the device first) and print predicted beside measured")
     p.add_argument("--out", help="write the profile JSON here (default: print it)")
     p.set_defaults(func=cmd_profile)
 

@@ -11,6 +11,8 @@ Modes (each run in a fresh process, as benchmark_model separates them):
   memory  load, allocate and run a few inferences; peak resident memory of the process.
   outputs run the inputs of --inputs (a .npy, NHWC float) and return the dequantized outputs in the
           JSON (or save them to --save as .npy).
+  ops     the model argument is a zip of single-op models: each timed in interleaved rounds (the
+          device's latency table, see edge_pipeline/profiling/latency_table.py).
   adaptive  the model argument is an early-exit chain (a zip: chain.json, segment files, the plain
           model, inputs.npy; see edge_pipeline/profiling/exits.py): adaptive inference on every input
           for each threshold, the chain with no exit (worst case) and the plain model, each input
@@ -29,7 +31,7 @@ import platform
 import sys
 import time
 
-AGENT_VERSION = "2"
+AGENT_VERSION = "3"
 MAX_MODEL_BYTES = 2 << 30  # a flatbuffer cannot address more
 MAX_INPUTS_BYTES = 2 << 30
 
@@ -437,10 +439,63 @@ def mode_adaptive(args, np, runtime):
             "thresholds": [dict(threshold=configs[i][0], **summary(i)) for i in range(2, len(configs))]}
 
 
+def mode_ops(args, np, runtime):
+    """The model argument is a zip of single-op models (`ops.json` lists them; see
+    edge_pipeline/profiling/latency_table.py): each is timed in `rounds` interleaved passes (so a burst
+    of load hits every file a little rather than one a lot), and its latency is the median of its
+    per-round medians. A file the runtime cannot load gets an error entry; the others go on."""
+    import gc
+    import zipfile
+
+    name, version, cls = runtime
+    with zipfile.ZipFile(args.model) as bundle:
+        spec = json.loads(bundle.read("ops.json").decode("utf-8"))
+        contents = {f: bundle.read(f) for f in spec["files"]}
+    rounds, min_runs, min_seconds = int(spec["rounds"]), int(spec["min_runs"]), float(spec["min_seconds"])
+    medians = {f: [] for f in contents}  # type: dict
+    errors = {}  # type: dict
+    gc.disable()
+    try:
+        for _ in range(max(1, rounds)):
+            for f, content in contents.items():
+                if f in errors:
+                    continue
+                try:
+                    interpreter = cls(model_content=content, num_threads=args.threads)
+                    interpreter.allocate_tensors()
+                    for detail in interpreter.get_input_details():
+                        interpreter.set_tensor(detail["index"], random_input(detail, np))
+                    for _ in range(max(1, args.warmup)):
+                        interpreter.invoke()
+                except Exception as exc:
+                    errors[f] = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                    continue
+                times = []  # type: list
+                started = time.perf_counter()
+                while len(times) < min_runs or time.perf_counter() - started < min_seconds:
+                    t0 = time.perf_counter()
+                    interpreter.invoke()
+                    times.append((time.perf_counter() - t0) * 1000.0)
+                medians[f].append(percentile(sorted(times), 50))
+                del interpreter
+    finally:
+        gc.enable()
+    entries = {}
+    for f, values in medians.items():
+        if f in errors:
+            entries[f] = {"error": errors[f]}
+        else:
+            values.sort()
+            median = percentile(values, 50)
+            entries[f] = {"ms": median, "rounds": len(values),
+                          "spread": (values[-1] - values[0]) / median if median else 0.0}
+    return {"ops": entries}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Time and size one TFLite model (edge-pipeline agent).")
     parser.add_argument("model")
-    parser.add_argument("--mode", choices=["timing", "memory", "outputs", "adaptive"], default="timing")
+    parser.add_argument("--mode", choices=["timing", "memory", "outputs", "adaptive", "ops"], default="timing")
     parser.add_argument("--runtime", default="auto")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=5)
@@ -470,7 +525,8 @@ def main(argv=None):
             if actual != args.sha256.lower():
                 raise RuntimeError(f"model sha256 mismatch: expected {args.sha256}, got {actual} (incomplete copy?)")
             result["model_sha256"] = actual
-        handler = {"timing": mode_timing, "memory": mode_memory, "outputs": mode_outputs, "adaptive": mode_adaptive}[args.mode]
+        handler = {"timing": mode_timing, "memory": mode_memory, "outputs": mode_outputs, "adaptive": mode_adaptive,
+                   "ops": mode_ops}[args.mode]
         result.update(handler(args, np, runtime))
         result["ok"] = True
     except Exception as exc:  # report, never a traceback: the caller turns this into one clear line

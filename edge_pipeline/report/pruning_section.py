@@ -32,7 +32,12 @@ def _prune_head(entry: dict[str, Any], details: dict[str, Any]) -> str:
     head = f"**{entry['name']}** ({details.get('method', '?')}"
     if "target" in details:
         t = details["target"]
-        head += f", {t['kind']} {'removed' if t['kind'] == 'ratio' else 'kept'} {t['value']:g}"
+        if t["kind"] == "latency_ms":
+            head += f", latency at most {t['value']:g} ms"
+        elif t["kind"] == "latency":
+            head += f", latency at most {t['value']:g} of the incoming model's"
+        else:
+            head += f", {t['kind']} {'removed' if t['kind'] == 'ratio' else 'kept'} {t['value']:g}"
     allocation = details.get("prune", {}).get("allocation")
     if allocation:
         head += f", {allocation}"
@@ -62,7 +67,9 @@ def layer_table(entry: dict[str, Any], details: dict[str, Any]) -> Table | None:
     return Table([f"layer ({entry['name']})", "out channels", "kept"], rows)
 
 
-def prune_blocks(entry: dict[str, Any], details: dict[str, Any], metrics: dict[str, Any]) -> list[Block]:
+def prune_blocks(entry: dict[str, Any], details: dict[str, Any], metrics: dict[str, Any],
+                 measured: dict[tuple[str, str], float] | None = None) -> list[Block]:
+    measured = measured or {}
     summary = details.get("prune", {})
     items = [_prune_summary(entry, details, metrics)]
     if details.get("method") == "magnitude":
@@ -70,9 +77,26 @@ def prune_blocks(entry: dict[str, Any], details: dict[str, Any], metrics: dict[s
                      "dense kernels run them at full cost (see the benchmark for TFLite's sparse format)")
         return [Bullets(items)]
     items += [f"kept whole: {reason}" for reason in summary.get("unprunable_because", [])[:5]]
+    latency = details.get("latency") or {}
+    if latency.get("round_to") and latency.get("tile"):
+        items.append(f"round_to auto: {latency['round_to']} (the {latency['precision']} kernel tile measured on "
+                     f"{latency['device']})")
     blocks: list[Block] = [Bullets(items)]
+    if latency.get("predicted_ms") is not None:
+        blocks.append(latency_table(latency, measured))
     table = layer_table(entry, details)
     return blocks + ([table] if table else [])
+
+
+def latency_table(latency: dict[str, Any], measured: dict[tuple[str, str], float]) -> Table:
+    """Target, predicted and measured latency of the pruned model on the target's device."""
+    device, precision = latency["device"], latency["precision"]
+    shipped = measured.get((device, precision))
+    row = [f"{device} ({precision})", fmt.ms(latency["incoming_ms"], 4), fmt.ms(latency["target_ms"], 4),
+           f"{fmt.ms(latency['predicted_ms'], 4)} ({latency['predicted_ratio']:.1%})" if latency.get("predicted_ratio")
+           else fmt.ms(latency["predicted_ms"], 4),
+           fmt.ms(shipped, 4) if shipped is not None else "not profiled"]
+    return Table(["device", "incoming (predicted)", "target", "pruned (predicted)", "shipped file (measured median)"], [row])
 
 
 def finetune_items(entry: dict[str, Any], details: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
@@ -97,9 +121,20 @@ def pruning_section(ctx: ReportContext) -> Section | None:
     if not prunes and not tunes:
         return None
     blocks: list[Block] = []
+    measured = measured_medians(ctx)
     for entry, details in prunes:
-        blocks += prune_blocks(entry, details, ctx.metrics)
+        blocks += prune_blocks(entry, details, ctx.metrics, measured)
     tuned = [item for entry, details in tunes for item in finetune_items(entry, details, ctx.metrics)]
     if tuned:
         blocks.append(Bullets(tuned))
     return Section("pruning", "Pruning and fine-tuning", blocks)
+
+
+def measured_medians(ctx: ReportContext) -> dict[tuple[str, str], float]:
+    """(device, precision) -> measured median ms of the run's own (not the baseline's) profiled files."""
+    out: dict[tuple[str, str], float] = {}
+    for record in ctx.profile_records:
+        if record.baseline or record.median_ms is None or record.device is None or record.precision is None:
+            continue
+        out.setdefault((record.device, record.precision), record.median_ms)
+    return out

@@ -36,11 +36,31 @@ def recipe_with(stage: str) -> str:
     ("{target_macs: 1.5}", "must be < 1, got 1.5"),
     ("{allocation: uniform}", "must be one of"),
     ("{steps: 0}", "must be >= 1"),
+    ("{ratio: 0.5, target_latency: 0.5}", "give one of ratio, target_macs, target_params, target_latency, target_latency_ms"),
+    ("{target_latency: 1.5}", "must be < 1, got 1.5"),
+    ("{target_latency_ms: 0}", "must be > 0"),
+    ("{ratio: 0.5, precision: int8}", "`precision` is for latency targets"),
+    ("{target_latency: 0.5, precision: float16}", "float32"),
+    ("{ratio: 0.5, round_to: auto}", "round_to: auto measures the kernel tile of a device"),
+    ("{ratio: 0.5, round_to: 0}", "round_to must be in [1, 256] or auto"),
+    ("{target_latency: 0.5, device: no-such-device}", "no-such-device"),
 ])
 def test_bad_prune_configs_name_file_line_and_field(body, message):
     with pytest.raises(UserError) as err:
         parse_recipe(recipe_with(body), "r.yaml")
     assert "r.yaml:7: stages[1].prune" in str(err.value) and message in str(err.value)
+
+
+def test_latency_targets_resolve_device_and_precision():
+    from edge_pipeline.stages.prune import priced_precision
+
+    recipe = parse_recipe(HEAD + "stages:\n  - train: {}\n  - prune: {target_latency: 0.5, round_to: auto}\n"
+                          "  - quantize: {mode: [float16, int8]}\n", "r.yaml")
+    cfg = recipe.stages[1].config
+    assert cfg.latency_device == "host" and cfg.round_to == "auto" and priced_precision(cfg, recipe) == "int8"
+    plain = parse_recipe(recipe_with("{target_latency_ms: 2.0, device: qemu-aarch64}"), "r.yaml")
+    assert plain.stages[1].config.latency_device == "qemu-aarch64" and priced_precision(plain.stages[1].config, plain) == "float32"
+    assert parse_recipe(recipe_with("{ratio: 0.5}"), "r.yaml").stages[1].config.latency_device is None
 
 
 def test_defaults_fill_the_target():

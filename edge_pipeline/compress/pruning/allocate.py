@@ -2,6 +2,8 @@
 
 Targets (`Target.kind`):
 - `ratio`: remove this fraction of output channels (per layer group, or of all channels globally);
+- `latency`: at most this many predicted milliseconds (`Problem.latency`, a device's latency model);
+  steps are taken where they buy the most predicted milliseconds per unit of importance (below).
 - `macs` / `params`: keep at most this fraction of the model's MACs / parameters. Reached
   iteratively: classes are removed step by step, and after every step the exact cost of the model
   that decision would produce is recomputed, until it is at or below the target.
@@ -10,6 +12,9 @@ Allocation:
 - `per_layer`: every layer group loses the same fraction (for macs/params: the smallest common
   fraction that meets the target, found by bisection), its least important classes first;
 - `global`: one ranking of all classes by importance; the least important step anywhere goes next.
+  For a latency target the ranking is importance per millisecond saved: a step's summed importance
+  divided by the predicted time it saves (a greedy knapsack; NetAdapt takes the same view per layer).
+  A step that saves no time (inside one of the kernel's channel tiles) ranks last.
 Both respect `round_to` (a group's kept channels stay a multiple) and the per-layer maximum ratio.
 """
 
@@ -23,15 +28,19 @@ import numpy as np
 from ...errors import UserError
 from .problem import Group, Problem
 
+TILE_LOOKAHEAD = 64  # how far a latency step may reach for the next count that saves time
+
 
 @dataclass(frozen=True)
 class Target:
-    kind: str  # "ratio" | "macs" | "params"
+    kind: str  # "ratio" | "macs" | "params" | "latency" (value in predicted ms)
     value: float
 
     def describe(self) -> str:
         if self.kind == "ratio":
             return f"ratio {self.value:g} of channels removed"
+        if self.kind == "latency":
+            return f"predicted latency at most {self.value:.4g} ms"
         return f"{self.kind} at most {self.value:g} of the unpruned model"
 
 
@@ -56,13 +65,15 @@ def _uniform(problem: Problem, orders: list[np.ndarray], fraction: float) -> np.
     return removed
 
 
-def _reached(problem: Problem, removed: np.ndarray | None, target: Target, cost: dict[str, int] | None = None) -> bool:
+def _reached(problem: Problem, removed: np.ndarray | None, target: Target, cost: dict[str, float] | None = None) -> bool:
     """Whether the model is at or below the target; `removed` is only read when `cost` is not given."""
     if not cost:
         assert removed is not None
         cost = problem.cost(removed)
     if target.kind == "ratio":
         return cost["channels"] <= (1.0 - target.value) * problem.base_channels + 1e-9
+    if target.kind == "latency":
+        return cost["latency"] <= target.value + 1e-12
     base = problem.base_macs if target.kind == "macs" else problem.base_params
     return cost[target.kind] <= target.value * base + 1e-9
 
@@ -110,6 +121,16 @@ def _greedy(problem: Problem, orders: list[np.ndarray], scores: np.ndarray, targ
     removed = removed.copy()
     kept = [g.size - int(removed[g.classes].sum()) for g in problem.groups]
     finite = np.where(np.isfinite(scores), scores, np.inf)
+    tracker = problem.tracker()
+    tracker.remove(np.flatnonzero(removed))
+    per_ms = target.kind == "latency" and not evenly
+
+    def saved_ms(batch: np.ndarray) -> float:
+        before = tracker.totals["latency"]
+        tracker.remove(batch)
+        after = tracker.totals["latency"]
+        tracker.restore(batch)
+        return before - after
 
     def next_step(i: int):
         group = problem.groups[i]
@@ -121,12 +142,29 @@ def _greedy(problem: Problem, orders: list[np.ndarray], scores: np.ndarray, targ
         cost = float(np.mean(finite[batch]))
         if not np.isfinite(cost):
             return None
+        if per_ms:
+            return _priced_step(i, j, k, batch)
         return ((-kept[i] / group.size, cost) if evenly else (cost,)) + (i, k, batch)
+
+    def _priced_step(i: int, j: int, k: int, batch: np.ndarray):
+        """Importance given up per millisecond bought. A step inside one of the kernel's channel
+        tiles buys nothing, so the step reaches down to the next count that does buy time (a whole
+        tile); steps that buy nothing at all rank last."""
+        group = problem.groups[i]
+        saved = saved_ms(batch)
+        for jj in range(j - 1, max(j - TILE_LOOKAHEAD, -1), -1):
+            if saved > 1e-12:
+                break
+            longer = orders[i][group.size - kept[i] : group.size - int(group.keeps[jj])]
+            if not np.all(np.isfinite(finite[longer])):
+                break
+            if saved_ms(longer) > 1e-12:
+                k, batch, saved = int(group.keeps[jj]), longer, saved_ms(longer)
+        given_up = float(np.sum(finite[batch]))
+        return (saved <= 1e-12, given_up / saved if saved > 1e-12 else given_up, i, k, batch)
 
     heap = [s for s in (next_step(i) for i in range(len(problem.groups))) if s is not None]
     heapq.heapify(heap)
-    tracker = problem.tracker()
-    tracker.remove(np.flatnonzero(removed))
     while not _reached(problem, removed, target, tracker.totals):
         if not heap:
             _unreachable(problem, removed, target)
@@ -152,7 +190,7 @@ def _greedy(problem: Problem, orders: list[np.ndarray], scores: np.ndarray, targ
 def _closest_crossing(problem: Problem, target: Target, tracker, candidates: list):
     """The candidate step after which the model is at or below the target by the least."""
     metric = "channels" if target.kind == "ratio" else target.kind
-    best, best_cost = None, -1
+    best, best_cost = None, -1.0
     for candidate in candidates:
         tracker.remove(candidate[-1])
         if _reached(problem, None, target, tracker.totals) and tracker.totals[metric] > best_cost:
@@ -163,6 +201,12 @@ def _closest_crossing(problem: Problem, target: Target, tracker, candidates: lis
 
 def _unreachable(problem: Problem, removed: np.ndarray, target: Target) -> None:
     cost = problem.cost(removed)
+    if target.kind == "latency":
+        raise UserError(
+            f"prune: {target.describe()} is out of reach: removing all it may (max_ratio, round_to, channels that cannot "
+            f"be pruned) leaves {cost['latency']:.4g} ms predicted ({cost['latency'] / problem.base_latency:.1%} of the "
+            "incoming model); raise max_ratio or relax the target"
+        )
     fractions = {
         "macs": cost["macs"] / problem.base_macs if problem.base_macs else 1.0,
         "params": cost["params"] / problem.base_params if problem.base_params else 1.0,

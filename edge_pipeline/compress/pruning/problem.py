@@ -8,11 +8,16 @@ targets can be approached step by step cheaply.
 A *layer group* is a set of classes that appear together in the outputs of convolution or linear
 layers (a plain conv's filters; every conv feeding one residual stream; a shuffle stage's trunk).
 Per-layer allocation, `round_to` and the per-layer maximum ratio apply to groups.
+
+A latency target adds one more cost: `Problem.latency` (layer path, kept input channels, kept output
+channels) -> predicted milliseconds of that layer's ops, plus `latency_rest` for every op not tied to
+one layer; the caller (the prune stage) builds it from a device's latency model.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,6 +79,13 @@ class Problem:
     base_macs: int = 0
     base_channels: int = 0
     tracked_params: int = 0
+    latency: LatencyFn | None = None
+    latency_rest: float = 0.0  # ms of the ops no layer's channels change
+    base_latency: float = 0.0
+
+    def set_latency(self, latency: LatencyFn, rest: float) -> None:
+        self.latency, self.latency_rest = latency, rest
+        self.base_latency = self.cost(np.zeros(len(self.classes), bool))["latency"]
 
     # -- costs -------------------------------------------------------------------------------
 
@@ -82,12 +94,14 @@ class Problem:
         prunable = index >= 0
         return int((~prunable).sum() + (~removed[index[prunable]]).sum())
 
-    def cost(self, removed: np.ndarray) -> dict[str, int]:
-        total = {"macs": 0, "params": self.base_params - self.tracked_params, "channels": 0}
+    def cost(self, removed: np.ndarray) -> dict[str, float]:
+        total: dict[str, float] = {"macs": 0, "params": self.base_params - self.tracked_params, "channels": 0}
+        if self.latency is not None:
+            total["latency"] = self.latency_rest
         for u in self.uses:
             if u.use.kind in ("conv", "linear", "norm"):
                 kout = self._kept(u.outputs, removed) if u.outputs is not None else 0
-                for key, value in use_cost(u, self._kept(u.inputs, removed), kout).items():
+                for key, value in use_cost(u, self._kept(u.inputs, removed), kout, self.latency).items():
                     total[key] += value
         return total
 
@@ -126,16 +140,24 @@ def build_problem(graph: ChannelGraph, model: nn.Module, round_to: int | None, m
     problem = Problem(graph, order, uses, groups, group_of, base_params=count_params(model))
     problem.tracked_params = _tracked_params(uses)
     full = problem.cost(np.zeros(len(order), bool))
-    problem.base_macs, problem.base_channels = full["macs"], full["channels"]
+    problem.base_macs, problem.base_channels = int(full["macs"]), int(full["channels"])
     return problem
 
 
-def use_cost(u: UseIndex, kin: int, kout: int) -> dict[str, int]:
+LatencyFn = Callable[[str, int, int], float]
+
+
+def use_cost(u: UseIndex, kin: int, kout: int, latency: LatencyFn | None = None) -> dict[str, float]:
     """MACs (every call), parameters and output channels (first call only) of one layer use with
-    `kin` input and `kout` output channels kept, counted like evaluation.count_macs/count_params."""
+    `kin` input and `kout` output channels kept, counted like evaluation.count_macs/count_params;
+    with `latency`, also the layer's predicted milliseconds (first call: the latency model prices
+    every call of a layer together)."""
     use = u.use
     if use.kind == "norm":
-        return {"macs": 0, "params": u.affine_params * kin if u.first else 0, "channels": 0}
+        out: dict[str, float] = {"macs": 0, "params": u.affine_params * kin if u.first else 0, "channels": 0}
+        if latency is not None:
+            out["latency"] = 0.0  # folded into the conv before it
+        return out
     if use.kind == "linear":
         per_out = kin
     elif use.groups == len(use.inputs) and use.groups > 1:  # depthwise: one input channel per output
@@ -143,13 +165,16 @@ def use_cost(u: UseIndex, kin: int, kout: int) -> dict[str, int]:
     else:  # dense or grouped: the group count stays, each group keeps kin / groups inputs
         per_out = kin // use.groups
     params = kout * per_out * use.kernel + (kout if u.bias else 0)
-    return {"macs": kout * per_out * use.kernel * use.spatial, "params": params if u.first else 0,
-            "channels": kout if u.first else 0}
+    out = {"macs": kout * per_out * use.kernel * use.spatial, "params": params if u.first else 0,
+           "channels": kout if u.first else 0}
+    if latency is not None:
+        out["latency"] = latency(use.path, kin, kout) if u.first else 0.0
+    return out
 
 
 def _tracked_params(uses: list[UseIndex]) -> int:
-    return sum(use_cost(u, len(u.inputs), len(u.outputs) if u.outputs is not None else 0)["params"]
-               for u in uses if u.use.kind in ("conv", "linear", "norm"))
+    return int(sum(use_cost(u, len(u.inputs), len(u.outputs) if u.outputs is not None else 0)["params"]
+                   for u in uses if u.use.kind in ("conv", "linear", "norm")))
 
 
 def _groups(uses: list[UseIndex], n: int, round_to: int | None, max_ratio: float,
@@ -224,11 +249,13 @@ class CostTracker:
                 for c, k in zip(values.tolist(), counts.tolist()):
                     self.touch.setdefault(c, []).append((i, side, k))
         self.parts = [self._part(i) for i in range(len(self.uses))]
-        self.totals = {key: sum(p[key] for p in self.parts) for key in ("macs", "params", "channels")}
-        self.totals["params"] += problem.base_params - problem.tracked_params
+        self.totals = {key: sum(p[key] for p in self.parts) for key in self.parts[0]} if self.parts else {}
+        self.totals["params"] = self.totals.get("params", 0) + problem.base_params - problem.tracked_params
+        if problem.latency is not None:
+            self.totals["latency"] = self.totals.get("latency", 0.0) + problem.latency_rest
 
-    def _part(self, i: int) -> dict[str, int]:
-        return use_cost(self.uses[i], int(self.kin[i]), int(self.kout[i]))
+    def _part(self, i: int) -> dict[str, float]:
+        return use_cost(self.uses[i], int(self.kin[i]), int(self.kout[i]), self.problem.latency)
 
     def remove(self, classes: np.ndarray, sign: int = 1) -> None:
         affected = set()

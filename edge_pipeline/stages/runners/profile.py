@@ -8,6 +8,7 @@ from typing import Any
 from ...artifacts import atomic_write_json
 from ...errors import EdgePipelineError, UserError
 from ...profiling.devices import get_device
+from ...profiling.predict import predict_file_if_table
 from ...profiling.runner import profile_model
 from ...report.shipping import candidate, choose_file, gate_results
 from ...rundir import PROFILES_DIR, profile_filename
@@ -65,11 +66,24 @@ def _profile(ctx, model: Path, device, threads, samples, listed: list[str]) -> d
     """Profile one file, write `<device>__<model>.json` into the stage folder and list it."""
     profile = profile_model(model, device, threads, samples=samples)
     profile |= adaptive_profile(ctx, model, device, threads)  # an early-exit chain of this file's precision; {} without one
+    profile |= _prediction(model, device, threads)
     filename = profile_filename(device.name, model.name)
     atomic_write_json(ctx.out_dir / filename, profile)
     listed.append(f"{PROFILES_DIR}/{filename}")
     _print_profile(device, model, profile)
     return profile
+
+
+def _prediction(model: Path, device, threads) -> dict[str, Any]:
+    """predicted_ms beside the measurement when the device has a latency table (`profile --predict`
+    or a latency target built it); a prediction that fails is a note, never a failed profile."""
+    try:
+        prediction = predict_file_if_table(model, device, threads)
+    except Exception as exc:
+        why = str(exc) if isinstance(exc, EdgePipelineError) else f"{type(exc).__name__}: {exc}"
+        console.print(f"  [yellow]{device.name}: no latency prediction for {model.name}: {why}[/]")
+        return {}
+    return prediction.fields() if prediction is not None else {}
 
 
 def _profile_baseline(ctx, baseline: Baseline, device, threads, samples, wanted, listed, failed) -> dict[str, dict[str, Any]]:
@@ -98,8 +112,9 @@ def _print_profile(device, model: Path, profile: dict[str, Any]) -> None:
         flag += (f"  [yellow]outputs differ from the host: top-1 agreement {check.get('top1_agreement', 0):.0%}, "
                  f"max diff {check.get('max_abs_diff', float('nan')):.3g}[/]")
     emulated = " (emulated)" if profile.get("emulated") else ""
+    predicted = f" (predicted {profile['predicted_ms']:.3f})" if profile.get("predicted_ms") is not None else ""
     console.print(
-        f"  {device.name}{emulated}: {model.name} median {lat['median']:.3f} ms, "
+        f"  {device.name}{emulated}: {model.name} median {lat['median']:.3f} ms{predicted}, "
         f"p90 {lat['p90'] or float('nan'):.3f} ms, peak {profile['peak_rss_mb'] or float('nan'):.1f} MB{flag}"
     )
 

@@ -19,11 +19,17 @@ from ...training import cross_entropy, fit
 from ...ui import console
 from ..context import StageResult
 from ..prune import PruneConfig
+from .prune_latency import LatencyPlan
 from .train import bn_regularizer
 
 
 def target_of(cfg: PruneConfig) -> Target:
-    """The pruning engine's target for the one of ratio / target_macs / target_params the recipe gives."""
+    """The pruning engine's target for the one of ratio / target_macs / target_params the recipe gives
+    (a latency target's value is resolved to milliseconds by `_latency_round`)."""
+    if cfg.target_latency is not None:
+        return Target("latency", cfg.target_latency)
+    if cfg.target_latency_ms is not None:
+        return Target("latency", cfg.target_latency_ms)
     if cfg.ratio is not None:
         return Target("ratio", cfg.ratio)
     if cfg.target_macs is not None:
@@ -43,11 +49,12 @@ def run(stage, ctx):
     shape = ctx.data.input_shape
     base = {"macs": count_macs(model.module, shape), "params": count_params(model.module)}
     widths = _widths(model.module)
+    latency = LatencyPlan.for_stage(stage, ctx, model.module) if distributed.is_leader() and cfg.method != "magnitude" else None
     rounds = []
     for step in range(1, cfg.steps + 1):
         edit = None
         if distributed.is_leader():
-            edit = _prune_round(stage, ctx, model, step, base, widths)
+            edit = _prune_round(stage, ctx, model, step, base, widths, latency)
         if distributed.active():  # every rank continues from the leader's decision
             edit = _follow_leader(model, edit)
         model.edits.append(edit)
@@ -64,15 +71,29 @@ def run(stage, ctx):
         "macs": [base["macs"], rounds[-1]["macs"]], "params": [base["params"], rounds[-1]["params"]],
     }
     if cfg.method != "magnitude":
-        details["target"] = {"kind": target_of(cfg).kind, "value": target_of(cfg).value}
+        kind = "latency_ms" if cfg.target_latency_ms is not None else target_of(cfg).kind
+        details["target"] = {"kind": kind, "value": target_of(cfg).value}
+    if latency is not None:
+        details["latency"] = latency.summary(model.module)
+        console.print(f"  {latency.describe(details['latency'])}")
     return StageResult(model, details=details)
 
 
-def _prune_round(stage, ctx, model, step: int, base: dict[str, int], widths: dict[str, int]):
+def _prune_round(stage, ctx, model, step: int, base: dict[str, int], widths: dict[str, int], latency=None):
     cfg = stage.config
     if cfg.method == "magnitude":
         return magnitude_prune(model.module, cfg.sparsity * step / cfg.steps, cfg.scope, cfg.ignore)
     target = target_of(cfg)
+    round_to = latency.round_to if latency is not None and cfg.round_to == "auto" else cfg.round_to
+    calibration = _calibration(stage, ctx) if cfg.method == "taylor" else None
+    example = torch.zeros(ctx.data.input_shape)
+    # max_ratio holds against the stage's input model, whatever the number of rounds.
+    floors = {path: math.ceil((1.0 - cfg.max_ratio) * n - 1e-9) for path, n in widths.items()}
+    if target.kind == "latency":
+        assert latency is not None
+        return latency.prune_round(model.module, step, cfg.steps, lambda module, goal, layers: prune_channels(
+            module, example, goal, cfg.method, cfg.allocation, round_to, cfg.max_ratio, cfg.ignore, ctx.seed + step - 1,
+            calibration, floors, latency=layers))
     if target.kind == "ratio":  # the same fraction per round, compounding to `ratio`
         value = 1.0 - (1.0 - target.value) ** (1.0 / cfg.steps)
     else:  # a straight line from the input model's cost to the target, relative to the current model
@@ -80,12 +101,8 @@ def _prune_round(stage, ctx, model, step: int, base: dict[str, int], widths: dic
         wanted = base[target.kind] - (base[target.kind] - final) * step / cfg.steps
         now = count_macs(model.module, ctx.data.input_shape) if target.kind == "macs" else count_params(model.module)
         value = min(wanted / now, 1.0 - 1e-9)
-    calibration = _calibration(stage, ctx) if cfg.method == "taylor" else None
-    example = torch.zeros(ctx.data.input_shape)
-    # max_ratio holds against the stage's input model, whatever the number of rounds.
-    floors = {path: math.ceil((1.0 - cfg.max_ratio) * n - 1e-9) for path, n in widths.items()}
     return prune_channels(model.module, example, Target(target.kind, value), cfg.method, cfg.allocation,
-                          cfg.round_to, cfg.max_ratio, cfg.ignore, ctx.seed + step - 1, calibration, floors)
+                          round_to, cfg.max_ratio, cfg.ignore, ctx.seed + step - 1, calibration, floors)
 
 
 def _calibration(stage, ctx):

@@ -4,10 +4,11 @@ targets are met (issue 12).
 Held-out models: zoo and torchvision architectures at 64-160 px, plain, restructured (depthwise) and pruned,
 each exported by a real recipe run (`train: {epochs: 0}` on BatchNorm-calibrated random weights, as
 trained weights would give: random-init float models can hit denormals; then quantize + export), float32 and
-int8. The predictor fits nothing on them: a prediction is the device's table lookups (single ops timed
-alone) summed. For each device, starting from an empty table (`--fresh-table`, the default, so the table's
-build time and size are measured too): predict every file (`predict_file`, which times the missing ops),
-then measure it (`profile_model`); report the share within +-10 % / +-20 % and the RMS percentage error.
+int8. For each device, starting from an empty table (the default; `--keep-table` uses the user's), the
+table first learns the in-model cost of weights from six *calibration* models (other architectures and
+sizes: predicted, measured, kept in the table), then every held-out file is predicted (`predict_file`,
+which times the missing ops) and measured (`profile_model`), without learning from it: the share within
++-10 % / +-20 % and the RMS percentage error, also for the raw sums of single-op times.
 
 `--targets` also runs the latency-target recipes (prune `target_latency: 0.5` on mobilenet_v2 and resnet18 at
 128 px, float32 and int8) and measures the result against the unpruned model on the host.
@@ -53,6 +54,19 @@ MODELS: dict[str, tuple[str, int, list[str]]] = {
 }
 
 
+# Models whose measurements teach the table the in-model cost of weights (`predict.weight_cost`);
+# none of them is among the held-out models above.
+CALIBRATION: dict[str, tuple[str, int, list[str]]] = {
+    "cal-vgg_small-96": ("vgg_small", 96, []),
+    "cal-resnet8-64": ("resnet8", 64, []),
+    "cal-mobilenet_v2-64": ("torchvision:mobilenet_v2", 64, []),
+    "cal-resnet18-96": ("torchvision:resnet18", 96, []),
+    "cal-mobilenet_v3_small-96": ("torchvision:mobilenet_v3_small", 96, []),
+    "cal-squeezenet1_0-96": ("torchvision:squeezenet1_0", 96, []),
+}
+ALL = {**MODELS, **CALIBRATION}
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -87,7 +101,7 @@ def export_models(work: Path, names: list[str]) -> dict[str, dict[str, Path]]:
     """model id -> precision -> .tflite, each exported once into `work/runs/<id>` (reused when present)."""
     files: dict[str, dict[str, Path]] = {}
     for name in names:
-        arch, size, extra = MODELS[name]
+        arch, size, extra = ALL[name]
         out = work / "runs" / name
         export = next(iter(sorted(out.glob("*-export"))), None) if out.exists() else None
         if export is None or not (export / "model_int8.tflite").is_file():
@@ -111,48 +125,210 @@ def export_models(work: Path, names: list[str]) -> dict[str, dict[str, Path]]:
 def accuracy(rows: list[dict[str, Any]]) -> dict[str, Any]:
     errors = [r["error"] for r in rows if r.get("error") is not None]
     if not errors:
-        return {"models": 0}
+        return {"files": 0}
     return {"files": len(errors), "within_10pct": sum(abs(e) <= 0.10 for e in errors) / len(errors),
             "within_20pct": sum(abs(e) <= 0.20 for e in errors) / len(errors),
             "rms_pct": 100 * math.sqrt(sum(e * e for e in errors) / len(errors)),
             "mean_signed_pct": 100 * sum(errors) / len(errors)}
 
 
-def predictor_accuracy(device_name: str, files: dict[str, dict[str, Path]], work: Path, keep_table: bool) -> dict[str, Any]:
-    from edge_pipeline.profiling.devices import get_device
-    from edge_pipeline.profiling.latency_table import table_path
-    from edge_pipeline.profiling.predict import predict_file
+def fresh_cache(work: Path, device_name: str) -> Path:
+    """An empty user cache for this device's table (the emulator's sysroot linked in: not part of it)."""
+    cache = work / f"cache-{device_name}-{int(time.time())}"
+    cache.mkdir(parents=True)
+    emulator = Path.home() / ".cache" / "edge-pipeline" / "qemu-aarch64"
+    if emulator.exists():
+        (cache / "qemu-aarch64").symlink_to(emulator)
+    return cache
+
+
+def measure_files(device, files: dict[str, dict[str, Path]], learn: bool) -> list[dict[str, Any]]:
+    from edge_pipeline.profiling.predict import learn_from, predict_file
     from edge_pipeline.profiling.runner import profile_model
+
+    rows = []
+    for name, by_precision in files.items():
+        for precision, path in by_precision.items():
+            prediction = predict_file(path, device)
+            profile = profile_model(path, device)
+            measured = profile["latency_ms"]["median"]
+            if learn:
+                learn_from(device, profile, prediction)
+            rows.append({"model": name, "precision": precision, "predicted_ms": round(prediction.ms, 4),
+                         "raw_ms": round(prediction.raw_ms, 4), "weight_mb": round(prediction.weight_mb, 3),
+                         "measured_ms": measured, "valid": profile["valid"],
+                         "error": prediction.ms / measured - 1 if measured else None,
+                         "raw_error": prediction.raw_ms / measured - 1 if measured else None,
+                         "unpriced": len(prediction.unpriced)})
+            log(f"  {device.name} {name} {precision}: predicted {prediction.ms:.3f} ms (raw {prediction.raw_ms:.3f}), "
+                f"measured {measured:.3f} ms ({rows[-1]['error']:+.1%})")
+    return rows
+
+
+def predictor_accuracy(device_name: str, files: dict[str, dict[str, Path]], calibration: dict[str, dict[str, Path]],
+                       work: Path, keep_table: bool) -> dict[str, Any]:
+    from edge_pipeline.profiling.devices import get_device
+    from edge_pipeline.profiling.latency_table import load_table, table_path
+    from edge_pipeline.profiling.predict import weight_cost
 
     device = get_device(device_name)
     if not keep_table:
-        os.environ["EDGE_PIPELINE_CACHE"] = str(work / f"cache-{device_name}-{int(time.time())}")
-        emulator = Path.home() / ".cache" / "edge-pipeline" / "qemu-aarch64"
-        if emulator.exists():  # the sysroot is not part of the table: reuse it
-            (Path(os.environ["EDGE_PIPELINE_CACHE"])).mkdir(parents=True, exist_ok=True)
-            link = Path(os.environ["EDGE_PIPELINE_CACHE"]) / "qemu-aarch64"
-            if not link.exists():
-                link.symlink_to(emulator)
-    rows, build_seconds = [], 0.0
-    for name, by_precision in files.items():
-        for precision, path in by_precision.items():
+        os.environ["EDGE_PIPELINE_CACHE"] = str(fresh_cache(work, device_name))
+    t0 = time.time()
+    log(f"{device_name}: calibration models (the table learns the in-model cost of weights from them)")
+    measure_files(device, calibration, learn=True)
+    log(f"{device_name}: held-out models")
+    rows = measure_files(device, files, learn=False)
+    table = load_table(device)
+    path = table_path(device)
+    raw = [{**r, "error": r["raw_error"]} for r in rows]
+    return {"device": device_name, "cache": os.environ.get("EDGE_PIPELINE_CACHE"), "rows": rows,
+            "held_out": accuracy(rows), "held_out_float32": accuracy([r for r in rows if r["precision"] == "float32"]),
+            "held_out_int8": accuracy([r for r in rows if r["precision"] == "int8"]),
+            "held_out_raw_sum": accuracy(raw),
+            "weight_cost_ms_per_mb": {w: weight_cost(table, w)[0] for w in ("float", "int8")} if table else None,
+            "table": {"seconds_total_incl_profiling": round(time.time() - t0, 1), "bytes": path.stat().st_size if path.exists() else 0,
+                      "entries": len(table.entries) if table else 0, "models": len(table.models) if table else 0}}
+
+
+# -- latency targets -------------------------------------------------------------------------------------
+
+TARGET_MODELS = [("torchvision:mobilenet_v2", 128), ("torchvision:resnet18", 128)]
+
+
+def target_recipe(arch: str, size: int, weights: Path, precision: str) -> str:
+    return (f"name: lt-{arch.split(':')[-1].replace('_', '-')}-{size}-{precision}\nseed: 0\n"
+            f"data: {{dataset: digits, image_size: {size}, channels: 3, batch_size: 64}}\n"
+            f"model: {{arch: \"{arch}\", weights: \"{weights}\"}}\nstages:\n"
+            f"  - train: {{epochs: 0}}\n"
+            f"  - prune: {{target_latency: 0.5, precision: {precision}, round_to: auto, allocation: global}}\n"
+            f"  - quantize: {{}}\n  - export: {{}}\n"
+            f"  - profile: {{devices: [host], precisions: [{precision}], outputs_check: 0}}\n")
+
+
+def latency_targets(work: Path, cache: str) -> list[dict[str, Any]]:
+    """prune target_latency 0.5 on the host; the pruned file's measured median vs the baseline's (the
+    incoming model converted in the same precision, profiled by the same stage)."""
+    out = []
+    for arch, size in TARGET_MODELS:
+        weights = work / f"{arch.replace(':', '_')}-{size}.safetensors"
+        if not weights.is_file():
+            make_weights(arch, size, weights)
+        for precision in ("float32", "int8"):
+            name = f"{arch.split(':')[-1]}-{size}-{precision}"
+            recipe = work / f"target-{name}.yaml"
+            recipe.write_text(target_recipe(arch, size, weights, precision))
+            run = work / "targets" / name
+            log(f"latency target: {name}")
             t0 = time.time()
-            prediction = predict_file(path, device)
-            build_seconds += time.time() - t0
-            profile = profile_model(path, device)
-            measured = profile["latency_ms"]["median"]
-            error = prediction.ms / measured - 1 if measured else None
-            rows.append({"model": name, "precision": precision, "predicted_ms": round(prediction.ms, 4),
-                         "measured_ms": measured, "valid": profile["valid"], "error": error,
-                         "unpriced": len(prediction.unpriced)})
-            log(f"  {device_name} {name} {precision}: predicted {prediction.ms:.3f} ms, measured {measured:.3f} ms "
-                f"({error:+.1%})" if error is not None else f"  {device_name} {name} {precision}: no measurement")
-    table = table_path(device)
-    return {"device": device_name, "rows": rows, "all": accuracy(rows),
-            "float32": accuracy([r for r in rows if r["precision"] == "float32"]),
-            "int8": accuracy([r for r in rows if r["precision"] == "int8"]),
-            "table": {"seconds_to_build": round(build_seconds, 1), "bytes": table.stat().st_size if table.exists() else 0,
-                      "entries": len(json.loads(table.read_text())["entries"]) if table.exists() else 0}}
+            done = subprocess.run([*CLI, "run", str(recipe), "--out", str(run)], cwd=work, capture_output=True, text=True,
+                                  env={**os.environ, "EDGE_PIPELINE_CACHE": cache})
+            if done.returncode != 0:
+                out.append({"model": name, "error": (done.stderr.strip().splitlines() or ["?"])[-1]})
+                log(f"  failed: {out[-1]['error']}")
+                continue
+            details = json.loads(next(run.glob("*-prune/details.json")).read_text())["latency"]
+            pruned = json.loads((run / "profiles" / f"host__model_{precision}.json").read_text())
+            base = json.loads((run / "profiles" / f"host__baseline_{precision}.json").read_text())
+            ratio = pruned["latency_ms"]["median"] / base["latency_ms"]["median"]
+            out.append({"model": name, "target": 0.5, "round_to": details["round_to"],
+                        "predicted_ratio": details["predicted_ratio"], "measured_ratio": round(ratio, 4),
+                        "met_within_10pct": abs(ratio / 0.5 - 1) <= 0.10,
+                        "incoming_ms": {"predicted": details["incoming_ms"], "measured": base["latency_ms"]["median"]},
+                        "pruned_ms": {"predicted": details["predicted_ms"], "measured": pruned["latency_ms"]["median"]},
+                        "seconds": round(time.time() - t0, 1)})
+            log(f"  measured {ratio:.3f} of the incoming model (predicted {details['predicted_ratio']:.3f})")
+    return out
+
+
+# -- latency-targeted vs MAC-targeted pruning at equal latency ---------------------------------------------
+
+def compare_recipe(seed: int, prune: str) -> str:
+    return (f"name: cmp-seed{seed}\nseed: {seed}\ndata: {{dataset: digits, image_size: 32, batch_size: 64}}\n"
+            f"model: {{arch: vgg_small, num_classes: 10}}\nstages:\n  - train: {{epochs: 10, lr: 0.05}}\n"
+            f"  - prune: {prune}\n"
+            f"  - finetune: {{epochs: 5, distill: {{teacher: train, temperature: 4.0, alpha: 0.7}}}}\n"
+            f"  - export: {{}}\n  - profile: {{devices: [host], outputs_check: 0}}\n")
+
+
+def macs_fraction_for(train_dir: Path, predicted_ms: float, round_to: int) -> float:
+    """The target_macs (global l1, same round_to) whose pruned model the latency model prices at
+    `predicted_ms`: bisection on the trained model, priced like the prune stage prices it."""
+    import copy
+
+    import torch
+
+    from edge_pipeline.compress.pruning import Target, prune_channels
+    from edge_pipeline.models.store import load_model
+    from edge_pipeline.profiling.devices import get_device
+    from edge_pipeline.profiling.layer_latency import torch_units
+    from edge_pipeline.profiling.predict import predict_signatures
+    from edge_pipeline.profiling.torch_ops import torch_ops
+
+    trained = load_model(train_dir).module.eval()
+    host = get_device("host")
+
+    def priced(fraction: float) -> float:
+        model = copy.deepcopy(trained)
+        prune_channels(model, torch.zeros(1, 1, 32, 32), Target("macs", fraction), "l1", "global", round_to)
+        return predict_signatures([u for _, u in torch_units(torch_ops(model, (1, 1, 32, 32), "float32"))], host).ms
+
+    low, high = 0.05, 0.95
+    for _ in range(10):
+        mid = (low + high) / 2
+        if priced(mid) > predicted_ms:
+            high = mid
+        else:
+            low = mid
+    return round(low, 4)
+
+
+def run_recipe(work: Path, name: str, text: str, cache: str, store: Path) -> Path:
+    recipe = work / f"{name}.yaml"
+    recipe.write_text(text)
+    run = work / "compare" / name
+    done = subprocess.run([*CLI, "run", str(recipe), "--out", str(run), "--store", str(store)], cwd=work,
+                          capture_output=True, text=True, env={**os.environ, "EDGE_PIPELINE_CACHE": cache})
+    if done.returncode != 0:
+        raise SystemExit(f"{name}: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return run
+
+
+def outcome(run: Path) -> dict[str, Any]:
+    metrics = json.loads((run / "metrics.json").read_text())
+    finetune = next(s for s in metrics["stages"] if s["type"] == "finetune")
+    prune = json.loads(next(run.glob("*-prune/details.json")).read_text())
+    pruned = json.loads((run / "profiles" / "host__model_float32.json").read_text())["latency_ms"]["median"]
+    base = json.loads((run / "profiles" / "host__baseline_float32.json").read_text())["latency_ms"]["median"]
+    macs_removed = prune["macs"][0] - prune["macs"][1]
+    return {"accuracy": finetune["model"]["accuracy"], "measured_ms": pruned, "baseline_ms": base,
+            "latency_ratio": round(pruned / base, 4), "macs": prune["macs"],
+            "us_saved_per_mmac_removed": round(1000 * (base - pruned) / (macs_removed / 1e6), 3) if macs_removed else None}
+
+
+def compare_targeting(work: Path, cache: str, seeds: list[int]) -> dict[str, Any]:
+    rows = []
+    for seed in seeds:
+        store = work / "compare" / f"store-{seed}"
+        log(f"compare seed {seed}: latency target")
+        latency_run = run_recipe(work, f"cmp-latency-{seed}", compare_recipe(
+            seed, "{target_latency: 0.5, precision: float32, round_to: auto, allocation: global}"), cache, store)
+        details = json.loads(next(latency_run.glob("*-prune/details.json")).read_text())["latency"]
+        os.environ["EDGE_PIPELINE_CACHE"] = cache
+        fraction = macs_fraction_for(next(latency_run.glob("*-train")), details["predicted_ms"], details["round_to"])
+        log(f"compare seed {seed}: MAC target {fraction} (same predicted latency)")
+        macs_run = run_recipe(work, f"cmp-macs-{seed}", compare_recipe(
+            seed, f"{{target_macs: {fraction}, round_to: {details['round_to']}, allocation: global}}"), cache, store)
+        rows.append({"seed": seed, "target_macs": fraction, "latency_targeted": outcome(latency_run),
+                     "mac_targeted": outcome(macs_run)})
+        log(f"  {json.dumps(rows[-1])}")
+
+    def mean(kind: str, key: str) -> float:
+        values = [r[kind][key] for r in rows if r[kind][key] is not None]
+        return round(sum(values) / len(values), 4) if values else float("nan")
+
+    return {"rows": rows, "mean": {kind: {key: mean(kind, key) for key in ("accuracy", "latency_ratio", "us_saved_per_mmac_removed")}
+                                   for kind in ("latency_targeted", "mac_targeted")}}
 
 
 def main() -> int:
@@ -162,6 +338,8 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--keep-table", action="store_true", help="use the user's tables instead of fresh ones")
     parser.add_argument("--export-only", action="store_true")
+    parser.add_argument("--targets", action="store_true", help="also run the latency-target recipes (host)")
+    parser.add_argument("--compare-seeds", default="", help="e.g. 0,1,2: latency- vs MAC-targeted pruning (host)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     work = Path(args.work).resolve()
@@ -171,9 +349,19 @@ def main() -> int:
     if unknown:
         raise SystemExit(f"unknown models {unknown}; known: {', '.join(MODELS)}")
     files = export_models(work, names)
-    result: dict[str, Any] = {"models": len(files), "files": sum(len(v) for v in files.values())}
+    calibration = export_models(work, list(CALIBRATION))
+    result: dict[str, Any] = {"held_out_models": len(files), "held_out_files": sum(len(v) for v in files.values()),
+                              "calibration_models": len(calibration)}
     if not args.export_only:
-        result["devices"] = [predictor_accuracy(d, files, work, args.keep_table) for d in args.devices.split(",") if d]
+        result["devices"] = [predictor_accuracy(d, files, calibration, work, args.keep_table)
+                             for d in args.devices.split(",") if d]
+        if args.targets:
+            host = next((d for d in result["devices"] if d["device"] == "host"), None)
+            result["targets"] = latency_targets(work, host["cache"] if host else str(fresh_cache(work, "host")))
+        if args.compare_seeds:
+            host = next((d for d in result["devices"] if d["device"] == "host"), None)
+            result["compare"] = compare_targeting(work, host["cache"] if host else str(fresh_cache(work, "host")),
+                                                  [int(x) for x in args.compare_seeds.split(",")])
     print(json.dumps(result, indent=2))
     return 0
 

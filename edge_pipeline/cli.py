@@ -97,6 +97,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         prediction = predict_file(model, device, args.threads)  # builds or extends the device's table first
     profile = profile_model(model, device, args.threads, samples=samples)
     if prediction is not None:
+        from .profiling.predict import learn_from
+
+        learn_from(device, profile, prediction, args.threads)
         profile.update(prediction.fields())
     text = json.dumps(profile, indent=2)
     if prediction is not None:

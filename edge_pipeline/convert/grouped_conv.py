@@ -1,14 +1,28 @@
 """Grouped convolutions that onnx2tf would mistake for depthwise ones (a rewrite of the ONNX model).
 
 onnx2tf 1.29 decides that a Conv with `group > 1` is depthwise when `group` equals the last
-dimension of its TensorFlow input. After a residual Add, onnx2tf's tensor can carry the ONNX
-(NCHW) static shape, so that last dimension is the feature map's *width*: a grouped conv with 4
-groups on a 4x4 map after an Add becomes a DEPTHWISE_CONV_2D with a channel multiplier (wrong
-outputs, or a conversion crash when a later op sees the wrong channel count). Measured here on
-torchvision mobilenet_v2 at 64x64 after `grouped_pointwise` with 4 groups (relative error 0.85),
+dimension of its TensorFlow input. onnx2tf's Add (its "rescue guard" for broadcast shapes) can
+leave its output with the ONNX (NCHW) static shape, so that last dimension is the feature map's
+*width*: a grouped conv with 8 groups on an 8x8 map after an Add becomes a DEPTHWISE_CONV_2D with
+a channel multiplier (wrong outputs, or a conversion crash when a later op sees the wrong channel
+count). Measured on torchvision mobilenet_v2 at 64x64 after `grouped_pointwise` with 4 groups
+(relative error 0.85), on a residual Add -> ReLU -> 1x1 conv with 8 groups on an 8x8 map (4.7e-3),
 and on a 3-layer net (conv, residual add, 1x1 conv with 8 groups on an 8x8 map: conversion fails).
 
-Only in that ambiguous case (the input comes from an Add, and group equals its height or width
+The NCHW shape survives the ops after the Add that onnx2tf applies to the tensor as it is
+(`carries_nchw_shape`), measured with that 3-layer net and these ops between the Add and the
+grouped conv (each one alone crashed the conversion; see tests/convert/test_grouped_conv.py):
+- elementwise activations: Relu, Clip (ReLU6), LeakyRelu, Elu, HardSwish, HardSigmoid, Sigmoid,
+  Tanh, SiLU (Sigmoid, Mul), GELU (Div, Erf, Add, Mul);
+- arithmetic with a constant: Mul / Add / Sub / Div by a scalar or a per-channel (1, C, 1, 1) tensor;
+- Concat when any input carries it (either order).
+It does not survive ops that read the layout (Conv, depthwise Conv, MaxPool, AveragePool,
+BatchNormalization, GlobalAveragePool) nor a Mul with a tensor that does not carry it (SE gating,
+either order): grouped convs after those converted correctly. Only the width matters (a 16x8 map,
+W = 8, crashed; an 8x16 one converted correctly). A depthwise conv (group == channels) on a carried
+shape whose width differs is written as a grouped CONV_2D (same outputs; `profiling.torch_ops` knows).
+
+Only in that ambiguous case (the input carries the NCHW shape, and group equals the map's width
 but not its channel count), the conv becomes Split (channels) -> one ordinary conv per group ->
 Concat, the same function: onnx2tf converts it to slices + CONV_2D x group + CONCATENATION, with
 TRANSPOSE ops around the slices (onnx2tf's price for that tensor; correct beats fast). Every other
@@ -17,9 +31,54 @@ grouped conv stays one CONV_2D (TFLite runs grouped convs natively).
 
 from __future__ import annotations
 
-# Producers whose onnx2tf output was seen to carry the NCHW shape (grouped convs after convs,
-# depthwise convs and activations converted correctly in the same models).
-AMBIGUOUS_PRODUCERS = {"Add", "Sum"}
+from collections.abc import Sequence
+
+# Producers whose onnx2tf output can carry the NCHW shape whatever their inputs hold (grouped convs
+# after convs, depthwise convs and activations of convs converted correctly in the same models).
+AMBIGUOUS_PRODUCERS = frozenset({"Add", "Sum"})
+# Ops onnx2tf applies to the tensor as it is: their output carries the NCHW shape when every
+# non-constant input does (a Mul of a carrying tensor with one that does not was converted correctly).
+# Measured: Relu, Clip, LeakyRelu, Elu, HardSwish, HardSigmoid, Sigmoid, Tanh, Mul, Sub, Div, Erf;
+# the others are their elementwise kin, listed so that a miss costs TRANSPOSE ops rather than outputs.
+ELEMENTWISE_PASS_THROUGH = frozenset({
+    "Relu", "Clip", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "HardSwish", "HardSigmoid", "Sigmoid",
+    "Tanh", "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Neg", "Abs", "Exp", "Sqrt", "Pow",
+    "Mul", "Sub", "Div", "Identity", "Dropout",
+})
+# Ops whose output carries it when any input does (measured: Concat of an Add's and a conv's outputs).
+JOINS = frozenset({"Concat"})
+
+
+def carries_nchw_shape(op_type: str, inputs_carry: Sequence[bool]) -> bool:
+    """Whether onnx2tf's output of an `op_type` node can hold the ONNX (NCHW) static shape, given
+    which of its non-constant inputs do. Used on ONNX graphs here and on traced torch models by
+    `profiling.torch_ops`, so that the predicted ops follow the same rule."""
+    if op_type in AMBIGUOUS_PRODUCERS:
+        return True
+    if op_type in JOINS:
+        return any(inputs_carry)
+    if op_type in ELEMENTWISE_PASS_THROUGH:
+        return bool(inputs_carry) and all(inputs_carry)
+    return False
+
+
+def is_ambiguous_grouped_conv(group: int, channels: int | None, width: int | None, input_carries: bool) -> bool:
+    """onnx2tf would read this grouped conv as a depthwise one: its TF input's last dimension is the
+    width (the NCHW shape), and the width, not the channel count, equals `group`."""
+    return input_carries and group > 1 and group != channels and group == width
+
+
+def nchw_tensors(graph) -> set[str]:
+    """Names of the tensors of an onnx.GraphProto (nodes in topological order, as ONNX requires)
+    whose onnx2tf version can carry the NCHW shape."""
+    constants = {i.name for i in graph.initializer}
+    constants |= {out for n in graph.node if n.op_type == "Constant" for out in n.output}
+    carrying: set[str] = set()
+    for node in graph.node:
+        inputs = [name for name in node.input if name and name not in constants]
+        if carries_nchw_shape(node.op_type, [name in carrying for name in inputs]):
+            carrying.update(node.output)
+    return carrying
 
 
 def split_ambiguous_grouped_convs(model) -> int:
@@ -33,15 +92,15 @@ def split_ambiguous_grouped_convs(model) -> int:
         dims = value.type.tensor_type.shape.dim
         shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     initializers = {i.name: i for i in model.graph.initializer}
-    producers = {out: n.op_type for n in model.graph.node for out in n.output}
+    carrying = nchw_tensors(model.graph)
     nodes, count = [], 0
     for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         group = int(attrs.get("group", 1))
         shape = shapes.get(node.input[0]) if node.op_type == "Conv" else None
         ambiguous = (
-            shape is not None and len(shape) == 4 and group > 1 and shape[1] != group
-            and group in (shape[2], shape[3]) and producers.get(node.input[0]) in AMBIGUOUS_PRODUCERS
+            shape is not None and len(shape) == 4
+            and is_ambiguous_grouped_conv(group, shape[1], shape[3], node.input[0] in carrying)
             and node.input[1] in initializers
             and (len(node.input) < 3 or not node.input[2] or node.input[2] in initializers)
         )

@@ -35,6 +35,10 @@ TABLE_FORMAT = 1
 EMPTY_KEY = "__empty__"  # one trivial op: what an invoke costs with no work in it
 CHUNK = 150  # single-op models per agent call (a killed build loses at most one chunk)
 ROUNDS, MIN_RUNS, MIN_SECONDS = 3, 10, 0.02
+# Under emulation, interleaving many models makes qemu translate their kernels again and again (measured:
+# one 1x1 conv timed 15.4 ms interleaved, 9.0 ms alone): there each file is timed in one round.
+EMULATED_ROUNDS, EMULATED_WARMUP = 1, 5
+MAX_MODELS = 500
 
 
 @dataclass
@@ -45,6 +49,9 @@ class LatencyTable:
     runtime: dict[str, Any] = field(default_factory=dict)
     arch: str | None = None
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # whole models measured on the device: sha256 -> {"weights": "float"|"int8", "weight_mb", "raw_ms",
+    # "measured_ms"}; what `predict.calibration` learns the in-model cost of weights from
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -64,7 +71,7 @@ class LatencyTable:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": TABLE_FORMAT, "device": self.device, "threads": self.threads, "runtime": self.runtime,
-                "arch": self.arch, "entries": self.entries}
+                "arch": self.arch, "entries": self.entries, "models": self.models}
 
 
 def table_path(device: DeviceProfile, threads: int | None = None) -> Path:
@@ -85,17 +92,41 @@ def _read(path: Path, device: DeviceProfile, threads: int) -> LatencyTable | Non
         if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT or not isinstance(data.get("entries"), dict):
             raise UserError(f"{path}: not a latency table of format {TABLE_FORMAT}")
         entries = {str(k): v for k, v in data["entries"].items() if isinstance(v, dict) and _valid_entry(v)}
+        raw_models = data.get("models")
+        models = {str(k): v for k, v in (raw_models if isinstance(raw_models, dict) else {}).items()
+                  if isinstance(v, dict) and _valid_model(v)}
     except UserError as exc:
         aside = path.with_name(path.name + ".damaged")
         os.replace(path, aside)
         console.print(f"[yellow]warning:[/] {exc}; set aside as {aside.name}, a new table is measured")
         return None
-    return LatencyTable(path, device.name, threads, dict(data.get("runtime") or {}), data.get("arch"), entries)
+    return LatencyTable(path, device.name, threads, dict(data.get("runtime") or {}), data.get("arch"), entries, models)
 
 
 def _valid_entry(entry: dict[str, Any]) -> bool:
     ms = entry.get("ms")
     return isinstance(entry.get("error"), str) or (isinstance(ms, (int, float)) and 0 <= ms < 1e7)
+
+
+def _valid_model(model: dict[str, Any]) -> bool:
+    numbers = [model.get(k) for k in ("weight_mb", "raw_ms", "measured_ms")]
+    return model.get("weights") in ("float", "int8") and all(isinstance(v, (int, float)) and 0 <= v < 1e7 for v in numbers)
+
+
+def record_model(device: DeviceProfile, sha256: str, sample: dict[str, Any], threads: int | None = None) -> None:
+    """Keep a whole model's measurement beside its raw prediction (newest MAX_MODELS, one per file)."""
+    path = table_path(device, threads)
+    if not path.exists() or not _valid_model(sample):
+        return
+    with flocked(path.with_name(path.name + ".lock")):
+        table = _read(path, device, threads or device.threads)
+        if table is None:
+            return
+        table.models.pop(sha256, None)
+        table.models[sha256] = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in sample.items()}
+        while len(table.models) > MAX_MODELS:
+            table.models.pop(next(iter(table.models)))
+        atomic_write_json(path, table.to_json())
 
 
 def measure(device: DeviceProfile, models: dict[str, Callable[[], bytes]], threads: int | None = None,
@@ -132,14 +163,16 @@ def _time_chunk(device: DeviceProfile, threads: int, makers: dict[str, Callable[
     with procs.temp_dir("latency") as tmp:
         bundle = tmp / "ops.zip"
         with zipfile.ZipFile(bundle, "w", compression=zipfile.ZIP_STORED) as z:
-            z.writestr("ops.json", json.dumps({"files": list(files), "rounds": ROUNDS, "min_runs": MIN_RUNS,
+            rounds = EMULATED_ROUNDS if device.emulated else ROUNDS
+            z.writestr("ops.json", json.dumps({"files": list(files), "rounds": rounds, "min_runs": MIN_RUNS,
                                                "min_seconds": MIN_SECONDS}))
             for name, key in files.items():
                 z.writestr(name, makers[key]())
         timeout = 300 + len(files) * ROUNDS * (MIN_SECONDS + 0.05) * (100 if device.emulated else 3)
         with make_transport(device).session(bundle) as session:
+            warmup = EMULATED_WARMUP if device.emulated else 3
             result = session.agent(["--mode", "ops", "--threads", str(threads), "--runtime", device.runtime.name,
-                                    "--warmup", "3"], timeout)
+                                    "--warmup", str(warmup)], timeout)
     if not result.get("ok", True) and "ops" not in result:
         raise PipelineError(f"latency table on {device.name}: {result.get('error')}")
     ops = result.get("ops") or {}

@@ -25,7 +25,7 @@ from .devices import DeviceProfile
 from .latency_table import LatencyTable, measure
 from .opmodels import generate
 from .opsig import TIMED_WITH_CONSUMER, OpSig, TensorSig, Unit, unit_key
-from .predict import Prediction, predict_signatures, price
+from .predict import Prediction, predict_signatures, price, weights_of
 
 POINTS = 6  # grid points per axis below the full width
 LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -165,7 +165,8 @@ def layer_latency(ops: list, device: DeviceProfile, threads: int | None = None, 
                 variant = _variant(unit, kin, kout)
                 requests.setdefault(unit_key(variant), partial(generate, variant))
     table = measure(device, requests, threads, what="channel variants of the layers")
-    curves = {path: _curve(plan, table, multiple) for path, plan in plans.items()}
+    per_mb = base.ms_per_weight_mb  # the learned in-model cost of weights, for this model's weight type
+    curves = {path: _curve(plan, table, multiple, per_mb) for path, plan in plans.items()}
     rest = base.ms - sum(c.full_ms for c in curves.values())
     return LayerLatency(base, curves, rest, unpriced)
 
@@ -180,11 +181,13 @@ def _variant(unit: Unit, kin: int, kout: int) -> Unit:
     return tuple(resized(sig, kin, kin if sig.op == "PAD" else kout) for sig in unit)
 
 
-def _curve(plan, table: LatencyTable, multiple: int) -> Curve:
+def _curve(plan, table: LatencyTable, multiple: int, per_weight_mb: float) -> Curve:
     cin, cout, depthwise, out_grid, in_grid, layer_units = plan
 
     def ms(kin: int, kout: int) -> float:
-        return price([unit_key(_variant(u, kin, kout)) for u in layer_units], table).ms - (table.empty_ms or 0.0)
+        variants = [_variant(u, kin, kout) for u in layer_units]
+        raw = price([unit_key(v) for v in variants], table).ms - (table.empty_ms or 0.0)
+        return raw + per_weight_mb * weights_of(variants)[1]
 
     out_ms = [ms(k, k) if depthwise else ms(cin, k) for k in out_grid]
     in_ms = out_ms if depthwise else [ms(k, cout) for k in in_grid]

@@ -41,7 +41,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..convert.flatbuffer import schema
-from ..convert.grouped_conv import AMBIGUOUS_PRODUCERS
+from ..convert.grouped_conv import carries_nchw_shape, is_ambiguous_grouped_conv
 from ..convert.nhwc import fold_flatten_linear
 from ..fxpatterns import PASS_THROUGH, module_path
 from .opsig import ABSENT, SMALL_INT_CONSTANT, OpSig, TensorSig, options_of, options_type_name
@@ -158,8 +158,9 @@ class _Value:
 
     sig: TensorSig
     producer: _Draft | None = None  # the op that wrote it (for activation fusion)
-    onnx_producer: str = ""  # the ONNX op type that makes it (grouped_conv / maxpool decisions)
+    onnx_producer: str = ""  # the ONNX op type that makes it (the NCHW-shape rule, maxpool decisions)
     fusable: bool = True  # no other user reads it before the next op
+    nchw: bool = False  # onnx2tf's tensor can carry the NCHW shape (`convert.grouped_conv.carries_nchw_shape`)
 
 
 class _Mapper:
@@ -196,7 +197,8 @@ class _Mapper:
 
     def out(self, node: fx.Node, draft: _Draft | None, onnx_producer: str, sig: TensorSig | None = None) -> None:
         sig = sig or (draft.outputs[0] if draft is not None else self.t.act(_nhwc(self.shape(node))))
-        self.values[node] = _Value(sig, draft, onnx_producer, len(node.users) == 1)
+        nchw = carries_nchw_shape(onnx_producer, [self.values[n].nchw for n in node.all_input_nodes if n in self.values])
+        self.values[node] = _Value(sig, draft, onnx_producer, len(node.users) == 1, nchw)
 
     def unsupported(self, node: fx.Node, what: str) -> UnsupportedLayer:
         return UnsupportedLayer(f"{node.name}: {what} has no mapping to the export's TFLite ops")
@@ -275,11 +277,12 @@ class _Mapper:
         kh, kw = conv.kernel_size
         pads = _conv_pads(conv, (h, w))
         layer = self.layer_name(path)
-        ambiguous = (groups > 1 and groups != cin and groups in (h, w) and x.onnx_producer in AMBIGUOUS_PRODUCERS)
-        if ambiguous:
+        if is_ambiguous_grouped_conv(groups, cin, w, x.nchw):
             draft = self._split_grouped(x, conv, pads, (h, w), (oh, ow), layer)
         else:
-            depthwise = groups > 1 and groups == cin and conv.stride[0] == conv.stride[1]
+            # onnx2tf takes a carried NCHW shape's width for the channels: a depthwise conv there whose
+            # width differs is written as a grouped CONV_2D (measured; same outputs).
+            depthwise = groups > 1 and groups == cin and conv.stride[0] == conv.stride[1] and not (x.nchw and w != cin)
             inp, padding = self._padded(x, pads, (h, w), (oh, ow), layer)
             if depthwise:
                 draft = self.emit(_Draft(

@@ -134,8 +134,10 @@ def test_the_table_is_measured_once_and_extended_only_by_missing_ops(tiny_models
     predict_file(tiny_models["int8"], host)
     int8_unique = len({unit_key(u) for _, u in units(read_graph(tiny_models["int8"]))})
     assert timed == [unique + 1, int8_unique]
-    assert first.fields()["predictor"] == {"table": table.name, "entries": unique + 1,
-                                           "ops": len(units(read_graph(tiny_models["float32"])))}
+    predictor = first.fields()["predictor"]
+    assert predictor["table"] == table.name and predictor["entries"] == unique + 1
+    assert predictor["ops"] == len(units(read_graph(tiny_models["float32"])))
+    assert predictor["calibration_models"] == 0 and first.ms == first.raw_ms  # nothing learned yet
 
 
 def test_a_prediction_is_one_invoke_plus_each_ops_extra_time(tiny_models, cache, host):
@@ -143,7 +145,7 @@ def test_a_prediction_is_one_invoke_plus_each_ops_extra_time(tiny_models, cache,
     table = load_table(host)
     keys = [unit_key(u) for _, u in units(read_graph(tiny_models["int8"]))]
     expected = table.empty_ms + sum(max(table.ms(k) - table.empty_ms, 0.0) for k in keys)
-    assert prediction.ms == pytest.approx(expected)
+    assert prediction.raw_ms == pytest.approx(expected) and prediction.ms == prediction.raw_ms
     assert prediction.ms > 0 and prediction.ops == len(keys) and not prediction.unpriced
 
 
@@ -208,3 +210,25 @@ def test_price_counts_each_op_once_per_use(cache, host):
     table = measure(host, {sig.key(): lambda: generate(sig)})
     one, three = price([sig.key()], table), price([sig.key()] * 3, table)
     assert three.ms - table.empty_ms == pytest.approx(3 * (one.ms - table.empty_ms))
+
+
+def test_the_table_learns_the_in_model_cost_of_weights_from_measured_models(tiny_models, cache, host):
+    """Three measured models with weights teach ms per weight MB (median of their gaps); a prediction
+    adds it; a measurement from another weight type or a too-light model teaches nothing."""
+    from edge_pipeline.profiling.latency_table import record_model
+    from edge_pipeline.profiling.predict import weight_cost
+
+    prediction = predict_file(tiny_models["float32"], host)  # builds the table
+    for i, gap in enumerate((0.1, 0.2, 0.4)):
+        record_model(host, f"sha{i}", {"weights": "float", "weight_mb": 2.0, "raw_ms": 1.0, "measured_ms": 1.0 + gap})
+    record_model(host, "light", {"weights": "float", "weight_mb": 0.01, "raw_ms": 1.0, "measured_ms": 9.0})
+    record_model(host, "int8", {"weights": "int8", "weight_mb": 2.0, "raw_ms": 1.0, "measured_ms": 0.5})
+    table = load_table(host)
+    assert weight_cost(table, "float") == (pytest.approx(0.1), 3)  # median of 0.05, 0.1, 0.2 ms per MB
+    assert weight_cost(table, "int8") == (0.0, 1)  # one model is not enough
+    again = predict_file(tiny_models["float32"], host)
+    assert again.raw_ms == prediction.raw_ms
+    assert again.ms == pytest.approx(again.raw_ms + 0.1 * again.weight_mb) and again.weight_mb > 0
+    assert again.fields()["predictor"]["calibration_models"] == 3
+    record_model(host, "sha0", {"weights": "float", "weight_mb": 2.0, "raw_ms": 1.0, "measured_ms": 3.0})  # re-measured
+    assert len(load_table(host).models) == 5 and weight_cost(load_table(host), "float")[0] == pytest.approx(0.2)

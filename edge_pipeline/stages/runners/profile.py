@@ -8,7 +8,7 @@ from typing import Any
 from ...artifacts import atomic_write_json
 from ...errors import EdgePipelineError, UserError
 from ...profiling.devices import get_device
-from ...profiling.predict import predict_file_if_table
+from ...profiling.predict import learn_from, predict_file_if_table
 from ...profiling.runner import profile_model
 from ...report.shipping import candidate, choose_file, gate_results
 from ...rundir import PROFILES_DIR, profile_filename
@@ -66,7 +66,7 @@ def _profile(ctx, model: Path, device, threads, samples, listed: list[str]) -> d
     """Profile one file, write `<device>__<model>.json` into the stage folder and list it."""
     profile = profile_model(model, device, threads, samples=samples)
     profile |= adaptive_profile(ctx, model, device, threads)  # an early-exit chain of this file's precision; {} without one
-    profile |= _prediction(model, device, threads)
+    profile |= _prediction(model, device, threads, profile)
     filename = profile_filename(device.name, model.name)
     atomic_write_json(ctx.out_dir / filename, profile)
     listed.append(f"{PROFILES_DIR}/{filename}")
@@ -74,11 +74,14 @@ def _profile(ctx, model: Path, device, threads, samples, listed: list[str]) -> d
     return profile
 
 
-def _prediction(model: Path, device, threads) -> dict[str, Any]:
+def _prediction(model: Path, device, threads, profile: dict[str, Any]) -> dict[str, Any]:
     """predicted_ms beside the measurement when the device has a latency table (`profile --predict`
-    or a latency target built it); a prediction that fails is a note, never a failed profile."""
+    or a latency target built it), and the measurement kept in the table (it learns from every
+    measured model); a prediction that fails is a note, never a failed profile."""
     try:
         prediction = predict_file_if_table(model, device, threads)
+        if prediction is not None:
+            learn_from(device, profile, prediction, threads)
     except Exception as exc:
         why = str(exc) if isinstance(exc, EdgePipelineError) else f"{type(exc).__name__}: {exc}"
         console.print(f"  [yellow]{device.name}: no latency prediction for {model.name}: {why}[/]")

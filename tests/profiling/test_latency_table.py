@@ -232,3 +232,12 @@ def test_the_table_learns_the_in_model_cost_of_weights_from_measured_models(tiny
     assert again.fields()["predictor"]["calibration_models"] == 3
     record_model(host, "sha0", {"weights": "float", "weight_mb": 2.0, "raw_ms": 1.0, "measured_ms": 3.0})  # re-measured
     assert len(load_table(host).models) == 5 and weight_cost(load_table(host), "float")[0] == pytest.approx(0.2)
+
+
+def test_ops_are_timed_on_inputs_shaped_like_inner_activations():
+    from edge_pipeline.profiling.agent import activation_like
+
+    x = activation_like({"shape": [1, 8, 8, 16], "dtype": np.float32}, np)
+    assert x.dtype == np.float32 and x.min() == 0 and 0.3 < np.mean(x == 0) < 0.7  # rectified, like after a ReLU
+    q = activation_like({"shape": [1, 8, 8, 16], "dtype": np.int8}, np)
+    assert q.dtype == np.int8 and q.min() < 0  # quantized inputs keep their full range

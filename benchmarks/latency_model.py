@@ -156,12 +156,15 @@ def measure_files(device, files: dict[str, dict[str, Path]], learn: bool) -> lis
             measured = profile["latency_ms"]["median"]
             if learn:
                 learn_from(device, profile, prediction)
+            # The noise floor: the same file measured again, later (the machine's own repeatability).
+            again = None if learn else profile_model(path, device)["latency_ms"]["median"]
             rows.append({"model": name, "precision": precision, "predicted_ms": round(prediction.ms, 4),
                          "raw_ms": round(prediction.raw_ms, 4), "weight_mb": round(prediction.weight_mb, 3),
                          "measured_ms": measured, "valid": profile["valid"],
                          "error": prediction.ms / measured - 1 if measured else None,
                          "raw_error": prediction.raw_ms / measured - 1 if measured else None,
-                         "unpriced": len(prediction.unpriced), "predict_seconds": round(predict_seconds, 2)})
+                         "unpriced": len(prediction.unpriced), "predict_seconds": round(predict_seconds, 2),
+                         "remeasured_ms": again, "repeat_error": again / measured - 1 if again and measured else None})
             log(f"  {device.name} {name} {precision}: predicted {prediction.ms:.3f} ms (raw {prediction.raw_ms:.3f}), "
                 f"measured {measured:.3f} ms ({rows[-1]['error']:+.1%})")
     return rows
@@ -188,6 +191,7 @@ def predictor_accuracy(device_name: str, files: dict[str, dict[str, Path]], cali
             "held_out": accuracy(rows), "held_out_float32": accuracy([r for r in rows if r["precision"] == "float32"]),
             "held_out_int8": accuracy([r for r in rows if r["precision"] == "int8"]),
             "held_out_raw_sum": accuracy(raw),
+            "noise_floor_same_file_measured_twice": accuracy([{**r, "error": r["repeat_error"]} for r in rows]),
             "weight_cost_ms_per_mb": {w: weight_cost(table, w)[0] for w in ("float", "int8")} if table else None,
             "table": {"seconds_to_build": round(sum(r["predict_seconds"] for r in calibration_rows + rows), 1),
                       "seconds_total_incl_profiling": round(time.time() - t0, 1), "bytes": path.stat().st_size if path.exists() else 0,
@@ -199,17 +203,18 @@ def predictor_accuracy(device_name: str, files: dict[str, dict[str, Path]], cali
 TARGET_MODELS = [("torchvision:mobilenet_v2", 128), ("torchvision:resnet18", 128)]
 
 
-def target_recipe(arch: str, size: int, weights: Path, precision: str) -> str:
-    return (f"name: lt-{arch.split(':')[-1].replace('_', '-')}-{size}-{precision}\nseed: 0\n"
+def target_recipe(arch: str, size: int, weights: Path, precision: str, source: str = "predicted") -> str:
+    return (f"name: lt-{arch.split(':')[-1].replace('_', '-')}-{size}-{precision}-{source}\nseed: 0\n"
             f"data: {{dataset: digits, image_size: {size}, channels: 3, batch_size: 64}}\n"
             f"model: {{arch: \"{arch}\", weights: \"{weights}\"}}\nstages:\n"
             f"  - train: {{epochs: 0}}\n"
-            f"  - prune: {{target_latency: 0.5, precision: {precision}, round_to: auto, allocation: global}}\n"
+            f"  - prune: {{target_latency: 0.5, precision: {precision}, round_to: auto, allocation: global, "
+            f"latency_from: {source}}}\n"
             f"  - quantize: {{}}\n  - export: {{}}\n"
             f"  - profile: {{devices: [host], precisions: [{precision}], outputs_check: 0}}\n")
 
 
-def latency_targets(work: Path, cache: str) -> list[dict[str, Any]]:
+def latency_targets(work: Path, cache: str, source: str = "predicted") -> list[dict[str, Any]]:
     """prune target_latency 0.5 on the host; the pruned file's measured median vs the baseline's (the
     incoming model converted in the same precision, profiled by the same stage)."""
     out = []
@@ -218,9 +223,9 @@ def latency_targets(work: Path, cache: str) -> list[dict[str, Any]]:
         if not weights.is_file():
             make_weights(arch, size, weights)
         for precision in ("float32", "int8"):
-            name = f"{arch.split(':')[-1]}-{size}-{precision}"
+            name = f"{arch.split(':')[-1]}-{size}-{precision}-{source}"
             recipe = work / f"target-{name}.yaml"
-            recipe.write_text(target_recipe(arch, size, weights, precision))
+            recipe.write_text(target_recipe(arch, size, weights, precision, source))
             run = work / "targets" / name
             log(f"latency target: {name}")
             t0 = time.time()
@@ -340,8 +345,12 @@ def main() -> int:
     parser.add_argument("--devices", default="host,qemu-aarch64")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--keep-table", action="store_true", help="use the user's tables instead of fresh ones")
+    parser.add_argument("--skip-accuracy", action="store_true", help="only --targets / --compare-seeds (on --cache)")
+    parser.add_argument("--cache", help="the cache (latency tables) for --skip-accuracy")
     parser.add_argument("--export-only", action="store_true")
     parser.add_argument("--targets", action="store_true", help="also run the latency-target recipes (host)")
+    parser.add_argument("--targets-from", default="predicted", choices=["predicted", "measured"],
+                        help="the prune stage's latency_from for --targets")
     parser.add_argument("--compare-seeds", default="", help="e.g. 0,1,2: latency- vs MAC-targeted pruning (host)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -356,11 +365,14 @@ def main() -> int:
     result: dict[str, Any] = {"held_out_models": len(files), "held_out_files": sum(len(v) for v in files.values()),
                               "calibration_models": len(calibration)}
     if not args.export_only:
-        result["devices"] = [predictor_accuracy(d, files, calibration, work, args.keep_table)
-                             for d in args.devices.split(",") if d]
+        result["devices"] = [] if args.skip_accuracy else [
+            predictor_accuracy(d, files, calibration, work, args.keep_table) for d in args.devices.split(",") if d]
+        if args.skip_accuracy and args.cache:
+            result["devices"] = [{"device": "host", "cache": args.cache}]
         if args.targets:
             host = next((d for d in result["devices"] if d["device"] == "host"), None)
-            result["targets"] = latency_targets(work, host["cache"] if host else str(fresh_cache(work, "host")))
+            result["targets"] = latency_targets(work, host["cache"] if host else str(fresh_cache(work, "host")),
+                                                args.targets_from)
         if args.compare_seeds:
             host = next((d for d in result["devices"] if d["device"] == "host"), None)
             result["compare"] = compare_targeting(work, host["cache"] if host else str(fresh_cache(work, "host")),

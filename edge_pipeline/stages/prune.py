@@ -50,6 +50,9 @@ class PruneConfig(StageConfig):
         None, gt=0, le=1e6, description="At most this many predicted milliseconds on `device`.")
     device: str | None = Field(None, description="Latency targets: the device whose latency model prices the model "
                                "(devices/*.yaml; default host).")
+    latency_from: Literal["predicted", "measured"] = Field(
+        "predicted", description="Latency targets: `measured` also converts each candidate and times it on the device, "
+        "correcting the allocation until the target holds as measured (slower: a conversion per try).")
     precision: Literal["float32", "int8"] | None = Field(
         None, description="Latency targets: the precision priced (default: int8 if the recipe quantizes to int8, else float32).")
     sparsity: float | None = Field(None, gt=0, lt=1, description="magnitude: fraction of weights set to zero (default 0.5).")
@@ -92,6 +95,8 @@ class PruneConfig(StageConfig):
         latency = any(getattr(self, key) is not None for key in LATENCY_TARGETS)
         if not latency and self.precision is not None:
             raise ValueError("`precision` is for latency targets (target_latency, target_latency_ms)")
+        if not latency and self.latency_from != "predicted":
+            raise ValueError("`latency_from` is for latency targets (target_latency, target_latency_ms)")
         if self.round_to == "auto" and not latency and self.device is None:
             raise ValueError("round_to: auto measures the kernel tile of a device: give `device` (or a latency target)")
         if isinstance(self.round_to, int) and not 1 <= self.round_to <= 256:

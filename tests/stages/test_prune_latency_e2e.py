@@ -85,3 +85,29 @@ def test_the_report_shows_target_predicted_and_measured(budget_run):
     report = (budget_run / "run" / "report.md").read_text()
     assert "pruned (predicted)" in report and "latency at most 0.6 of the incoming model's" in report
     assert "round_to auto:" in report
+
+
+MEASURED = """\
+name: latency-measured
+seed: 0
+data: {dataset: digits, image_size: 32, batch_size: 32, limit: 300}
+model: {arch: vgg_small}
+stages:
+  - train: {epochs: 1}
+  - prune: {target_latency: 0.6, latency_from: measured, precision: float32, allocation: global}
+"""
+
+
+def test_latency_from_measured_times_the_candidates_on_the_device(tmp_path, monkeypatch):
+    """The incoming model and each candidate are converted and timed on the host; the attempts
+    record the measured fractions; the measurements teach the device's table."""
+    from edge_pipeline.stages.runners.prune_latency import MEASURED_ATTEMPTS
+
+    monkeypatch.setenv("EDGE_PIPELINE_CACHE", str(tmp_path / "cache"))
+    assert main(["run", str(write(tmp_path / "r.yaml", MEASURED)), "--out", str(tmp_path / "run")]) == 0
+    latency = json.loads(next((tmp_path / "run").glob("*-prune/details.json")).read_text())["latency"]
+    assert latency["precision"] == "float32" and latency["incoming_measured_ms"] > 0
+    measured = [a for a in latency["attempts"] if "measured_ratio" in a]
+    assert 1 <= len(measured) <= MEASURED_ATTEMPTS and all(0 < a["measured_ratio"] < 1.5 for a in measured)
+    table = load_table(get_device("host"))
+    assert table is not None and len(table.models) == 1 + len(measured)  # every timed model is kept

@@ -28,9 +28,7 @@ def pooling_matrix(size_in: int, size_out: int) -> torch.Tensor:
 def _pool_before(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
     """The non-global AdaptiveAvgPool2d feeding only this flatten, if any.
 
-    It is linear, so the Linear after the flatten can absorb it: the conv then runs over the map
-    before pooling. That also removes pools ONNX cannot express (VGG's 7x7 pool over a 2x2 map at
-    64x64 input: "output size that are not factor of input size")."""
+    It is linear, so the Linear after the flatten can absorb it (see `_absorbs_pool`)."""
     source = node.args[0]
     if not (isinstance(source, fx.Node) and source.op == "call_module" and len(source.users) == 1):
         return None
@@ -41,9 +39,30 @@ def _pool_before(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None
     return source
 
 
+def _absorbs_pool(size_in: tuple[int, int], size_out: tuple[int, int]) -> bool:
+    """Whether the conv should absorb the pool rather than read its output.
+
+    Absorbing makes the conv's kernel the size of the pool's INPUT: right for a pool that enlarges
+    or keeps the map (VGG's 7x7 pool over a 2x2 map at 64x64 input, which ONNX cannot even express:
+    "output size that are not factor of input size") or that bins unevenly (no plain average pool
+    exists). A pool that shrinks the map by whole factors stays a cheap AVERAGE_POOL_2D: absorbing
+    an exit branch's 32x32 -> 2x2 pool made a 32x32 kernel with 256x the weights and 10x the MACs."""
+    (h, w), (oh, ow) = size_in, size_out
+    return h * w <= oh * ow or h % oh != 0 or w % ow != 0
+
+
+def _as_fixed_pool(graph_module: fx.GraphModule, pool: fx.Node, size_in: tuple[int, int], size_out: tuple[int, int]) -> None:
+    """Replace an evenly binning AdaptiveAvgPool2d by the AvgPool2d it equals (exports as one AveragePool)."""
+    kernel = (size_in[0] // size_out[0], size_in[1] // size_out[1])
+    name = f"{str(pool.target).replace('.', '_')}_fixed"
+    graph_module.add_submodule(name, nn.AvgPool2d(kernel, kernel))
+    pool.target = name
+
+
 def fold_flatten_linear(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
     """Return an equivalent module with every Flatten->Linear over a HxW>1 map made a Conv2d
-    (absorbing a non-global AdaptiveAvgPool2d right before the flatten)."""
+    (absorbing a non-global AdaptiveAvgPool2d right before the flatten where `_absorbs_pool` says so;
+    otherwise that pool becomes the fixed AvgPool2d it equals)."""
     try:
         graph_module = fx.symbolic_trace(module.eval())
         ShapeProp(graph_module).propagate(torch.zeros(input_shape))
@@ -67,13 +86,16 @@ def fold_flatten_linear(module: nn.Module, input_shape: tuple[int, ...]) -> tupl
         linear = modules[module_path(linear_node)]
         assert isinstance(linear, nn.Linear)  # linear_after
         weight = linear.weight.detach().view(linear.out_features, c, oh, ow)
+        h, w = oh, ow
         if pool is not None:
-            source = pool.args[0]
-            assert isinstance(source, fx.Node)  # the pool's input tensor
-            _, _, h, w = source.meta["tensor_meta"].shape
-            weight = torch.einsum("ocij,ih,jw->ochw", weight, pooling_matrix(h, oh), pooling_matrix(w, ow))
-        else:
-            h, w = oh, ow
+            pool_input = pool.args[0]
+            assert isinstance(pool_input, fx.Node)  # the pool's input tensor
+            size_in = tuple(pool_input.meta["tensor_meta"].shape[2:])
+            if _absorbs_pool(size_in, (oh, ow)):
+                source, (h, w) = pool_input, size_in
+                weight = torch.einsum("ocij,ih,jw->ochw", weight, pooling_matrix(h, oh), pooling_matrix(w, ow))
+            else:
+                _as_fixed_pool(graph_module, pool, size_in, (oh, ow))
         conv = nn.Conv2d(c, linear.out_features, (h, w), bias=linear.bias is not None)
         with torch.no_grad():
             conv.weight.copy_(weight)

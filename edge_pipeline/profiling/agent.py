@@ -297,16 +297,66 @@ def mode_outputs(args, np, runtime):
     return {"outputs": len(results), "shape": list(stacked.shape), "values": stacked.tolist()}
 
 
-def _softmax_uncertainty(logits, measure, np):
-    """Normalized entropy of the softmax, or 1 - its largest probability (one sample's logits).
-    Few numpy calls: with tiny models this check costs as much as a segment."""
-    z = logits - logits.max()
-    e = np.exp(z)
-    total = float(e.sum())
+# Up to this many classes an exit's check runs in plain Python: numpy's per-call overhead (~1 us a
+# call, ~8 calls) is more than the arithmetic on ten logits.
+SMALL_CLASSES = 64
+
+
+def _uncertainty(total, spread, classes, measure):
+    """From S = sum(exp(z)) and D = sum(-z * exp(z)) with z = logits - max(logits): 1 - the largest
+    probability (1 - 1/S), or the softmax's entropy log(S) + D/S over log(classes)."""
     if measure == "max_softmax":
-        return 1.0 - 1.0 / total  # the largest probability is exp(0) / total
-    # H = log(sum e) - sum(e * z) / sum e, over log(classes)
-    return (math.log(total) - float(np.dot(e, z)) / total) / math.log(len(z))
+        return 1.0 - 1.0 / total
+    return (math.log(total) + spread / total) / math.log(classes) if classes > 1 else 0.0
+
+
+def _exit_reader(detail, measure, np):
+    """One sample's raw logits tensor -> (uncertainty, predicted class), with everything that does not
+    depend on the values worked out once: this runs after every exit on the device, where with small
+    models it costs as much as a segment. Quantized logits need no dequantizing: the softmax only
+    sees gaps to the row's maximum, so exp(-scale * gap) comes from a table over the integer gaps."""
+    classes = int(detail["shape"][-1])
+    dtype = detail["dtype"]
+    if np.issubdtype(dtype, np.integer) and np.iinfo(dtype).bits <= 8:
+        scale = float(detail["quantization"][0]) or 1.0
+        exp_of = [math.exp(-scale * gap) for gap in range(256)]
+        spread_of = [scale * gap * e for gap, e in enumerate(exp_of)]
+        exp_table, spread_table = np.asarray(exp_of), np.asarray(spread_of)
+
+        def read_quantized(raw):
+            if classes <= SMALL_CLASSES:
+                values = raw.reshape(-1).tolist()
+                top = max(values)
+                total = spread = 0.0
+                for v in values:
+                    total += exp_of[top - v]
+                    spread += spread_of[top - v]
+                return _uncertainty(total, spread, classes, measure), values.index(top)
+            row = raw.reshape(-1).astype(np.int32)
+            top = int(row.max())
+            gaps = top - row
+            return (_uncertainty(float(exp_table[gaps].sum()), float(spread_table[gaps].sum()), classes, measure),
+                    int(row.argmax()))
+
+        return read_quantized
+    to_float = _dequantizer(detail, np)
+
+    def read_float(raw):
+        row = to_float(raw).reshape(-1).astype(np.float64)
+        if classes <= SMALL_CLASSES:
+            values = row.tolist()
+            top = max(values)
+            total = spread = 0.0
+            for v in values:
+                e = math.exp(v - top)
+                total += e
+                spread += (top - v) * e
+            return _uncertainty(total, spread, classes, measure), values.index(top)
+        z = row - row.max()
+        e = np.exp(z)
+        return _uncertainty(float(e.sum()), -float(np.dot(e, z)), classes, measure), int(row.argmax())
+
+    return read_float
 
 
 def _quantizer(detail, np):
@@ -393,7 +443,7 @@ def mode_adaptive(args, np, runtime):
         features = s["features_output"]
         segments.append({"interpreter": interpreter, "input": interpreter.get_input_details()[0]["index"],
                          "input_detail": interpreter.get_input_details()[0],
-                         "logits": outputs[s["logits_output"]]["index"], "to_float": _dequantizer(outputs[s["logits_output"]], np),
+                         "logits": outputs[s["logits_output"]]["index"], "read": _exit_reader(outputs[s["logits_output"]], measure, np),
                          "features": outputs[features] if features is not None else None,
                          "nchw": s.get("features_layout") == "NCHW"})
     for k, segment in enumerate(segments[:-1]):
@@ -412,9 +462,11 @@ def mode_adaptive(args, np, runtime):
             interpreter = segment["interpreter"]
             interpreter.set_tensor(segment["input"], value)
             interpreter.invoke()
-            logits = segment["to_float"](interpreter.get_tensor(segment["logits"]))[0]
-            if k == last or _softmax_uncertainty(logits, measure, np) < threshold:
-                return k, int(logits.argmax())
+            if k == last:
+                return k, int(interpreter.get_tensor(segment["logits"]).argmax())
+            uncertain, predicted = segment["read"](interpreter.get_tensor(segment["logits"]))
+            if uncertain < threshold:
+                return k, predicted
             value = segment["handoff"](interpreter.get_tensor(segment["features"]))
         raise RuntimeError("empty chain")
 

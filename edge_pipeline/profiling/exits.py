@@ -33,6 +33,12 @@ CHAIN_SPEC = "chain.json"
 INPUTS = "inputs.npy"
 
 
+def precision_threshold(description: dict[str, Any], precision: str) -> float:
+    """The threshold a precision's chain runs with, chosen on validation from its own files' logits
+    (a description written before thresholds were chosen per precision has torch's only)."""
+    return float(description["precisions"][precision].get("threshold", description["threshold"]))
+
+
 def pack_chain(dest: Path, export_dir: Path, description: dict[str, Any], precision: str, inputs: np.ndarray,
                labels: np.ndarray) -> Path:
     """The zip the agent's adaptive mode reads (see the module docstring)."""
@@ -41,7 +47,8 @@ def pack_chain(dest: Path, export_dir: Path, description: dict[str, Any], precis
                  "features_layout": s.get("features_layout")} for k, s in enumerate(facts["segments"])]
     spec = {
         "segments": segments, "plain": "plain.tflite", "inputs": INPUTS, "labels": [int(v) for v in labels],
-        "measure": description["measure"], "thresholds": [float(t) for t in description["grid"]],
+        "measure": description["measure"],
+        "thresholds": sorted({float(t) for t in description["grid"]} | {precision_threshold(description, precision)}),
         "repeats": int(description["device"]["repeats"]),
     }
     with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_STORED) as bundle:
@@ -83,7 +90,7 @@ def early_exit_block(result: dict[str, Any], description: dict[str, Any], precis
     plain, worst = result["plain"], result["worst_case"]
     rows = [{"threshold": t["threshold"], "accuracy": _r(t["accuracy"], 6), "mean_ms": _r(t["mean_ms"]),
              "p90_ms": _r(t["p90_ms"]), "exit_counts": t["exit_counts"]} for t in result["thresholds"]]
-    chosen = float(description["threshold"])
+    chosen = precision_threshold(description, precision)
     row = next((r for r in rows if r["threshold"] == chosen), None)
     return {
         "precision": precision, "measure": description["measure"], "samples": result["samples"], "repeats": result["repeats"],

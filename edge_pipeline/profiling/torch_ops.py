@@ -225,8 +225,8 @@ class _Mapper:
         handlers: list[tuple[type | tuple[type, ...], Callable[..., None]]] = [
             (nn.Conv2d, self.conv), (nn.Linear, self.linear), (nn.BatchNorm2d, self.batchnorm),
             ((nn.ReLU, nn.ReLU6), self.relu), (nn.Hardswish, self.hardswish), (nn.Hardsigmoid, self.hardsigmoid),
-            (nn.MaxPool2d, self.maxpool), (nn.AdaptiveAvgPool2d, self.adaptive_pool), (nn.Flatten, self.flatten),
-            (PASS_THROUGH, self.alias),
+            (nn.MaxPool2d, self.maxpool), (nn.AvgPool2d, self.avgpool), (nn.AdaptiveAvgPool2d, self.adaptive_pool),
+            (nn.Flatten, self.flatten), (PASS_THROUGH, self.alias),
         ]
         for kind, handler in handlers:
             if isinstance(m, kind):
@@ -437,6 +437,19 @@ class _Mapper:
             "MAX_POOL_2D", (inp,), (self.t.act(_nhwc(self.shape(node))),), "Pool2DOptions",
             {"padding": padding, "strideH": sh, "strideW": sw, "filterHeight": kh, "filterWidth": kw}))
         self.out(node, draft, "MaxPool")
+
+    def avgpool(self, node: fx.Node, pool: nn.Module) -> None:
+        """An unpadded average pool (what `fold_flatten_linear` leaves of an evenly binning adaptive one)."""
+        assert isinstance(pool, nn.AvgPool2d)
+        kh, kw = _pair(pool.kernel_size)
+        sh, sw = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+        if _pair(pool.padding) != (0, 0) or pool.ceil_mode:
+            raise UnsupportedLayer(f"{module_path(node)} (AvgPool2d): padding or ceil_mode is not mapped")
+        x = self.value(node.args[0])
+        draft = self.emit(_Draft(
+            "AVERAGE_POOL_2D", (x.sig,), (self.t.act(_nhwc(self.shape(node))),), "Pool2DOptions",
+            {"padding": VALID, "strideH": sh, "strideW": sw, "filterHeight": kh, "filterWidth": kw}))
+        self.out(node, draft, "AveragePool")
 
     def adaptive_pool(self, node: fx.Node, pool: nn.Module | None) -> None:
         shape = self.shape(node)

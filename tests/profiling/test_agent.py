@@ -85,3 +85,38 @@ def test_sha256_mismatch_is_refused(tiny_models):
 def test_missing_runtime_is_reported_not_raised(tiny_models, runtime):
     code, result = agent(tiny_models["int8"], "--runtime", runtime)
     assert code == 3 and "no TFLite runtime importable" in result["error"]
+
+
+def load_agent_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("edge_agent", AGENT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("classes", [2, 10, 64, 65, 1000])
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "float32"])
+@pytest.mark.parametrize("measure", ["entropy", "max_softmax"])
+def test_exit_reader_agrees_with_the_host_uncertainty(classes, dtype, measure):
+    """The device's exit check (tables over integer gaps, plain Python for few classes) gives the
+    uncertainty and class the host computes from the dequantized logits, whatever the class count."""
+    from edge_pipeline.compress.early_exit import uncertainty
+
+    reader_of = load_agent_module()._exit_reader
+    rng = np.random.default_rng(classes)
+    for spread in (0.01, 1.0, 30.0):  # near-uniform to near-one-hot rows
+        if dtype == "float32":
+            raw = (rng.standard_normal((1, classes)) * spread).astype(np.float32)
+            detail = {"shape": [1, classes], "dtype": np.float32, "quantization": (0.0, 0)}
+            logits = raw.astype(np.float64)
+        else:
+            info = np.iinfo(dtype)
+            raw = rng.integers(info.min, info.max + 1, (1, classes)).astype(dtype)
+            scale, zero = spread / 40.0, int(info.min) + 100
+            detail = {"shape": [1, classes], "dtype": np.dtype(dtype).type, "quantization": (scale, zero)}
+            logits = (raw.astype(np.float64) - zero) * scale
+        got, predicted = reader_of(detail, measure, np)(raw)
+        assert got == pytest.approx(float(uncertainty(logits, measure)[0]), abs=1e-9)
+        assert predicted == int(logits[0].argmax())

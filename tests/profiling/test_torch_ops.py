@@ -59,6 +59,14 @@ def shuffle_net() -> nn.Module:
     return net
 
 
+def exit_head_net() -> nn.Module:
+    """An early-exit branch's shape: 1x1 conv, a 16x16 -> 2x2 adaptive pool (exported as a fixed
+    AVERAGE_POOL_2D), flatten and a Linear (a 2x2 conv)."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 10))
+
+
 def build(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     from edge_pipeline.models import BaseSpec, build_model
 
@@ -66,6 +74,8 @@ def build(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     net: nn.Module
     if name == "shuffle":
         net, shape = shuffle_net(), (1, 3, 16, 16)
+    elif name == "exit_head":
+        net, shape = exit_head_net(), (1, 3, 32, 32)
     elif name == "vgg_small+depthwise":  # the quickstart's restructure
         from edge_pipeline.compress.depthwise import depthwise_separable
         from edge_pipeline.compress.select import Selection
@@ -114,7 +124,7 @@ def mismatch(predicted: list[TorchOp], path: Path) -> str:
 
 
 ZOO = ["vgg_small", "resnet8", "resnet20", "convnet_5x5"]
-RESTRUCTURED = ["vgg_small+depthwise", "shuffle"]
+RESTRUCTURED = ["vgg_small+depthwise", "shuffle", "exit_head"]
 TORCHVISION = ["torchvision:mobilenet_v2", "torchvision:resnet18", "torchvision:mobilenet_v3_small"]
 
 

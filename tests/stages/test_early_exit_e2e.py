@@ -45,6 +45,9 @@ def test_export_writes_a_chain_checked_against_torch(exit_run):
         assert [(out / "04-export" / s["file"]).is_file() for s in facts["segments"]] == [True] * 3
         assert [s["features_output"] is None for s in facts["segments"]] == [False, False, True]
         assert sum(facts["adaptive"]["exit_counts"]) == 270
+        # each precision's threshold is chosen on validation from its own files' logits, and applied on test
+        assert facts["adaptive"]["threshold"] == facts["threshold"] == facts["val"]["threshold"]
+        assert facts["val"]["accuracy"] >= facts["val"]["reference_accuracy"] - stage["max_accuracy_drop"] - 1e-9
     float32 = chain["precisions"]["float32"]
     assert all(s["max_rel_error"] <= 1e-4 and s["agreement"] == 1.0 for s in float32["segments"])
     torch_accuracy = [e["test_accuracy"] for e in stage["exits"]]
@@ -62,6 +65,8 @@ def test_profile_runs_adaptive_inference_for_a_grid_of_thresholds(exit_run):
     assert {"thresholds", "chosen", "plain_ms", "worst_case_ms"} <= set(block)  # DESIGN.md's profile addition
     assert block["samples"] == SAMPLES and block["precision"] == "int8"
     rows = {r["threshold"]: r for r in block["thresholds"]}
+    chain = json.loads((out / "04-export" / "exits.json").read_text())
+    assert block["chosen"] == chain["precisions"]["int8"]["threshold"]  # the int8 files' own threshold
     assert block["chosen"] in rows and 0.0 in rows
     for row in rows.values():
         assert set(row) == {"threshold", "accuracy", "mean_ms", "p90_ms", "exit_counts"}
@@ -73,8 +78,11 @@ def test_profile_runs_adaptive_inference_for_a_grid_of_thresholds(exit_run):
     assert "early_exit" in by_model["model_float32.tflite"]
 
 
-def test_agent_chain_agrees_with_the_in_process_chain(exit_run, tmp_path):
-    """The device agent's adaptive mode against `ChainRunner` on the same float32 files and inputs."""
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+def test_agent_chain_agrees_with_the_in_process_chain(exit_run, tmp_path, precision):
+    """The device agent's adaptive mode (its own exit check) against `ChainRunner` and the host's
+    uncertainty on the same files and inputs: the same exit for every input at every threshold."""
+    from edge_pipeline.compress.early_exit import exit_indices, uncertainty
     from edge_pipeline.convert.segments import ChainRunner
     from edge_pipeline.profiling.devices import DeviceProfile
     from edge_pipeline.profiling.exits import pack_chain
@@ -86,18 +94,26 @@ def test_agent_chain_agrees_with_the_in_process_chain(exit_run, tmp_path):
     chain["grid"], chain["device"]["repeats"] = [0.0, 2.0], 1
     rng = np.random.default_rng(0)
     inputs = rng.standard_normal((12, 16, 16, 1)).astype(np.float32)
-    segments = chain["precisions"]["float32"]["segments"]
+    segments = chain["precisions"][precision]["segments"]
     runner = ChainRunner([export / s["file"] for s in segments], [s["features_layout"] for s in segments])
     logits = runner.all_exits(inputs)
     labels = logits[0].argmax(-1)  # so that "accuracy" at the first exit is 1 exactly when the agent exits there
-    bundle = pack_chain(tmp_path / "chain.zip", export, chain, "float32", inputs, labels)
+    values = uncertainty(logits, chain["measure"])[:-1].ravel()
+    chain["grid"] = [0.0, 2.0, *(round(float(v), 4) for v in np.quantile(values, [0.3, 0.6]))]
+    bundle = pack_chain(tmp_path / "chain.zip", export, chain, precision, inputs, labels)
     with LocalTransport(DeviceProfile(name="host")).session(bundle) as session:
         result = session.agent(["--mode", "adaptive", "--threads", "1", "--warmup", "1"], 300)
-    never, always = result["thresholds"]
+    rows = {r["threshold"]: r for r in result["thresholds"]}
+    assert set(chain["grid"]) | {chain["precisions"][precision]["threshold"]} == set(rows)
+    for threshold, row in rows.items():
+        expected = np.bincount(exit_indices(uncertainty(logits, chain["measure"]), threshold), minlength=3).tolist()
+        assert row["exit_counts"] == expected, threshold
+    never, always = rows[0.0], rows[2.0]
     assert never["exit_counts"] == [0, 0, 12] and always["exit_counts"] == [12, 0, 0]
     assert always["accuracy"] == 1.0
     assert never["accuracy"] == pytest.approx(float((logits[-1].argmax(-1) == labels).mean()))
-    assert result["plain"]["accuracy"] == never["accuracy"]  # the plain float32 file computes the final exit
+    if precision == "float32":  # the plain float32 file computes the final exit (int8: another calibration)
+        assert result["plain"]["accuracy"] == never["accuracy"]
 
 
 def test_report_shows_the_early_exit_section_and_rerun_is_cached(exit_run, capsys):

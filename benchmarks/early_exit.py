@@ -114,6 +114,35 @@ def torch_comparison(run: Path, exit_epochs: int, max_drop: float) -> dict[str, 
     return out
 
 
+def exit_cost_analysis(run: Path, block: dict[str, Any]) -> dict[str, Any]:
+    """Where the time goes: what leaving at each exit costs on the device (x plain), and the mean an
+    oracle would reach with these branches (each input leaves at the first exit that answers it
+    right, on the int8 chain over the device's test inputs): the gap between the oracle and the
+    measured mean is the uncertainty measure's, the gap between the oracle and 0 the branches' and
+    the model's cost structure."""
+    import numpy as np
+
+    from edge_pipeline.convert.segments import ChainRunner
+    from edge_pipeline.data import build_data
+    from edge_pipeline.recipe import load_recipe
+
+    costs = [c / block["plain_ms"] for c in block.get("exit_ms") or []]
+    if not costs:
+        return {}
+    chain = json.loads((run / "04-export" / "exits.json").read_text())
+    segments = chain["precisions"][block["precision"]]["segments"]
+    runner = ChainRunner([run / "04-export" / s["file"] for s in segments], [s["features_layout"] for s in segments])
+    recipe = load_recipe(next(run.parent.glob(f"{run.name}.yaml")))
+    data = build_data(recipe.data, seed=recipe.seed)
+    xs, ys = zip(*data.batches("test", limit=block["samples"]))
+    logits = runner.all_exits(np.concatenate(xs).transpose(0, 2, 3, 1))
+    right = logits.argmax(-1) == np.concatenate(ys)[None, :]
+    first_right = np.where(right.any(axis=0), right.argmax(axis=0), len(costs) - 1)
+    return {"exit_cost_ratios": [round(c, 3) for c in costs],
+            "oracle_mean_latency_ratio": round(float(np.mean(np.asarray(costs)[first_right])), 3),
+            "oracle_exit_counts": np.bincount(first_right, minlength=len(costs)).tolist()}
+
+
 def device_figures(run: Path, max_drop: float) -> dict[str, Any]:
     metrics = json.loads((run / "metrics.json").read_text())
     profile_rel = next(p for s in metrics["stages"] for p in s.get("profiles", []))
@@ -129,6 +158,7 @@ def device_figures(run: Path, max_drop: float) -> dict[str, Any]:
                    "accuracy_change_points": round(100 * (chosen["accuracy"] - block["plain_accuracy"]), 2),
                    "mean_latency_ratio": round(chosen["mean_ms"] / block["plain_ms"], 3), "exit_counts": chosen["exit_counts"]},
         "worst_case_ratio": round(block["worst_case_ms"] / block["plain_ms"], 3),
+        **exit_cost_analysis(run, block),
         "best_within_drop_on_test": None if best is None else {
             "threshold": best["threshold"], "accuracy": best["accuracy"],
             "mean_latency_ratio": round(best["mean_ms"] / block["plain_ms"], 3)},

@@ -455,16 +455,23 @@ def mode_adaptive(args, np, runtime):
     plain_input, plain_index = _quantizer(plain_in, np), plain_out["index"]
     last = len(segments) - 1
 
-    def run_chain(x, threshold):
-        """(exit index, predicted class): stop at the first exit whose uncertainty is below threshold."""
+    def run_chain(x, threshold, marks=None):
+        """(exit index, predicted class): stop at the first exit whose uncertainty is below threshold.
+        `marks[k]` (optional) gets the seconds from the start to exit k's decision."""
+        started = time.perf_counter()
         value = first_input(x)
         for k, segment in enumerate(segments):
             interpreter = segment["interpreter"]
             interpreter.set_tensor(segment["input"], value)
             interpreter.invoke()
             if k == last:
-                return k, int(interpreter.get_tensor(segment["logits"]).argmax())
+                predicted = int(interpreter.get_tensor(segment["logits"]).argmax())
+                if marks is not None:
+                    marks[k].append(time.perf_counter() - started)
+                return k, predicted
             uncertain, predicted = segment["read"](interpreter.get_tensor(segment["logits"]))
+            if marks is not None:
+                marks[k].append(time.perf_counter() - started)
             if uncertain < threshold:
                 return k, predicted
             value = segment["handoff"](interpreter.get_tensor(segment["features"]))
@@ -476,7 +483,9 @@ def mode_adaptive(args, np, runtime):
         return last, int(plain.get_tensor(plain_index)[0].argmax())
 
     never = -1.0  # no uncertainty is below it: every input runs the whole chain
-    configs = [("plain", run_plain, None), ("worst_case", run_chain, never)]
+    # The worst case also clocks each exit's decision: what an input leaving there costs on this device.
+    exit_marks = [[] for _ in segments]  # type: list
+    configs = [("plain", run_plain, None), ("worst_case", lambda x: run_chain(x, never, exit_marks), None)]
     configs += [(t, run_chain, float(t)) for t in spec["thresholds"]]
     for _ in range(max(1, args.warmup)):
         run_plain(inputs[:1])
@@ -497,6 +506,7 @@ def mode_adaptive(args, np, runtime):
 
     return {"early_exit": True, "samples": len(inputs), "repeats": repeats, "measure": measure,
             "plain": summary(0), "worst_case": summary(1),
+            "exit_ms": [1000.0 * sum(m) / max(len(m), 1) for m in exit_marks],
             "thresholds": [dict(threshold=configs[i][0], **summary(i)) for i in range(2, len(configs))]}
 
 

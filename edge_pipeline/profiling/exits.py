@@ -99,6 +99,8 @@ def early_exit_block(result: dict[str, Any], description: dict[str, Any], precis
         "plain_ms": _r(plain["mean_ms"]), "plain_p90_ms": _r(plain["p90_ms"]), "plain_accuracy": _r(plain["accuracy"], 6),
         "worst_case_ms": _r(worst["mean_ms"]), "worst_case_p90_ms": _r(worst["p90_ms"]),
         "worst_case_accuracy": _r(worst["accuracy"], 6),
+        # mean ms from an input's start to each exit's decision (the last: the final classifier's answer)
+        "exit_ms": [_r(v) for v in result.get("exit_ms", [])],
         "speedup": _r(plain["mean_ms"] / row["mean_ms"], 3) if row and row["mean_ms"] else None,
         "worst_case_ratio": _r(worst["mean_ms"] / plain["mean_ms"], 3) if plain["mean_ms"] else None,
     }

@@ -71,16 +71,24 @@ def device_rows(profiles: list[dict[str, Any]]) -> list[list[str]]:
     for p in profiles:
         block = p["early_exit"]
         if block.get("skipped"):
-            rows.append([p.get("device", "?"), block.get("precision", "?"), "-", "-", "-", "-", "-", "-", block["skipped"]])
+            rows.append([p.get("device", "?"), block.get("precision", "?"), "-", "-", "-", "-", "-", "-", "-", block["skipped"]])
             continue
         chosen: dict[str, Any] = next((t for t in block.get("thresholds", []) if t["threshold"] == block.get("chosen")), {})
         rows.append([
             p.get("device", "?") + (" (emulated)" if p.get("emulated") else ""), block.get("precision", "?"), str(block.get("chosen")),
             fmt.pct(chosen.get("accuracy")), f"{fmt.ms(chosen.get('mean_ms'))} / {fmt.ms(chosen.get('p90_ms'))}",
             fmt.ms(block.get("plain_ms")), _ratio(block.get("speedup")), _ratio(block.get("worst_case_ratio")),
-            str(chosen.get("exit_counts")),
+            _exit_costs(block), str(chosen.get("exit_counts")),
         ])
     return rows
+
+
+def _exit_costs(block: dict[str, Any]) -> str:
+    """What an input leaving at each exit costs on the device, as a fraction of the plain model."""
+    plain, costs = block.get("plain_ms"), block.get("exit_ms") or []
+    if not plain or not costs:
+        return "-"
+    return " / ".join(f"{c / plain:.2f}" for c in costs)
 
 
 def curve_plot(profiles: list[dict[str, Any]], path: Path) -> Path | None:
@@ -181,7 +189,7 @@ def early_exit_section(ctx: ReportContext) -> Section | None:
     rows = device_rows(profiles)
     if rows:
         blocks.append(Table(["device", "precision", "threshold", "accuracy", "mean / p90 ms", "plain ms", "speed-up",
-                             "worst case", "inputs per exit"], rows))
+                             "worst case", "cost to each exit (x plain)", "inputs per exit"], rows))
     if ctx.plots:
         blocks += ctx.figure(curve_plot(profiles, ctx.plot_path(CURVE_PLOT)), "Early exit: accuracy vs mean latency per device")
         blocks += ctx.figure(histogram_plot(details, profiles, ctx.plot_path(HISTOGRAM_PLOT)), "Early exit: inputs per exit")

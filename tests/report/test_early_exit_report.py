@@ -41,7 +41,7 @@ def _block(precision: str, scale: float) -> dict[str, Any]:
     return {"precision": precision, "measure": "entropy", "samples": 256, "repeats": 3, "segments": 3, "thresholds": rows,
             "chosen": 0.1892, "plain_ms": 0.1 * scale, "plain_p90_ms": 0.11 * scale, "plain_accuracy": 0.98,
             "worst_case_ms": 0.12 * scale, "worst_case_p90_ms": 0.13 * scale, "worst_case_accuracy": 0.98,
-            "speedup": 2.0, "worst_case_ratio": 1.2}
+            "exit_ms": [0.04 * scale, 0.09 * scale, 0.12 * scale], "speedup": 2.0, "worst_case_ratio": 1.2}
 
 
 def exit_run(root: Path, with_profiles: bool = True) -> RunDir:
@@ -91,7 +91,8 @@ def test_section_states_the_choice_the_chain_and_each_device(tmp_path):
     assert "entropy < 0.1892" in md and "expected MACs 0.35x of the plain model" in md
     assert "with max_softmax instead: threshold 0.1" in md
     assert re.search(r"\| int8 \| 96\.00% / 97\.00% / 97\.40% \| 97\.70% \| 0\.36x \|", md)
-    assert re.search(r"\| host \| int8 \| 0\.1892 \| 97\.70% \| 0\.050 / 0\.090 \| 0\.100 \| 2\.00x \| 1\.20x \| \[230, 20, 6\] \|", md)
+    assert re.search(r"\| host \| int8 \| 0\.1892 \| 97\.70% \| 0\.050 / 0\.090 \| 0\.100 \| 2\.00x \| 1\.20x \| "
+                     r"0\.40 / 0\.90 / 1\.20 \| \[230, 20, 6\] \|", md)
     assert "qemu-aarch64 (emulated)" in md
     for name in (CURVE_PLOT, HISTOGRAM_PLOT):
         with Image.open(run.plots_dir / name) as png:

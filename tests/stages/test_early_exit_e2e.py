@@ -75,6 +75,8 @@ def test_profile_runs_adaptive_inference_for_a_grid_of_thresholds(exit_run):
     assert rows[max(rows)]["exit_counts"][0] == SAMPLES  # the top of the grid: every input leaves at the first exit
     assert abs(block["plain_accuracy"] - block["worst_case_accuracy"]) <= 3 / SAMPLES  # two int8 conversions of one network
     assert block["speedup"] == pytest.approx(block["plain_ms"] / rows[block["chosen"]]["mean_ms"], rel=1e-2)
+    # every input of the worst case passes each exit in order: the mean time to each decision grows
+    assert len(block["exit_ms"]) == 3 and block["exit_ms"][0] < block["exit_ms"][1] < block["exit_ms"][2]
     assert "early_exit" in by_model["model_float32.tflite"]
 
 

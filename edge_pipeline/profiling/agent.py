@@ -485,7 +485,7 @@ def mode_adaptive(args, np, runtime):
     never = -1.0  # no uncertainty is below it: every input runs the whole chain
     # The worst case also clocks each exit's decision: what an input leaving there costs on this device.
     exit_marks = [[] for _ in segments]  # type: list
-    configs = [("plain", run_plain, None), ("worst_case", lambda x: run_chain(x, never, exit_marks), None)]
+    configs = [("plain", run_plain, None), ("worst_case", lambda x: run_chain(x, never, exit_marks), None)]  # type: list
     configs += [(t, run_chain, float(t)) for t in spec["thresholds"]]
     for _ in range(max(1, args.warmup)):
         run_plain(inputs[:1])

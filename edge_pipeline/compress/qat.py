@@ -57,8 +57,9 @@ class WeightFakeQuant(nn.Module):
     not the weight. With BatchNorm frozen, a step on the raw weight moves the layer's normalized
     output by factor^2 times the step a folded network would take: mobilenet_v3_small's depthwise
     convs fold with factors up to 31 (~1000x the intended step; QAT's loss went to nan within an
-    epoch), the tests' hard model with 1000 (1e6x). Training the folded weight is plain SGD on the
-    network the converter will write."""
+    epoch). Training the folded weight is plain SGD on the network the converter will write. (A
+    layer whose INPUT is badly scaled, like the tests' hard model's consumer of a 1000x channel, still
+    needs `equalize` first.)"""
 
     factor: torch.Tensor
 

@@ -61,6 +61,15 @@ def run_recipe(folder: Path, arch: str, size: int, epochs: int, exit_epochs: int
     return out, time.perf_counter() - started
 
 
+def run_data(run: Path):
+    """The data a benchmark run trained on, built from its recipe as the pipeline built it."""
+    from edge_pipeline.data import build_data
+    from edge_pipeline.recipe import load_recipe
+
+    recipe = load_recipe(next(run.parent.glob(f"{run.name}.yaml")))
+    return build_data(recipe.data, seed=recipe.seed)
+
+
 def torch_comparison(run: Path, exit_epochs: int, max_drop: float) -> dict[str, Any]:
     """Self-distillation vs joint training of the same branches from the same trained model, and
     entropy vs max-softmax, on the test split (threshold chosen on validation for each)."""
@@ -78,14 +87,11 @@ def torch_comparison(run: Path, exit_epochs: int, max_drop: float) -> dict[str, 
         outcome,
         self_distillation,
     )
-    from edge_pipeline.data import build_data
     from edge_pipeline.models.store import load_model
-    from edge_pipeline.recipe import load_recipe
     from edge_pipeline.stages.early_exit import EarlyExitConfig
     from edge_pipeline.training import fit
 
-    recipe = load_recipe(next(run.parent.glob(f"{run.name}.yaml")))
-    data = build_data(recipe.data, seed=recipe.seed)
+    data = run_data(run)
     trained = load_model(run / "01-train")
     out: dict[str, Any] = {}
     for mode in ("self_distillation", "joint"):
@@ -123,8 +129,6 @@ def exit_cost_analysis(run: Path, block: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from edge_pipeline.convert.segments import ChainRunner
-    from edge_pipeline.data import build_data
-    from edge_pipeline.recipe import load_recipe
 
     costs = [c / block["plain_ms"] for c in block.get("exit_ms") or []]
     if not costs:
@@ -132,8 +136,7 @@ def exit_cost_analysis(run: Path, block: dict[str, Any]) -> dict[str, Any]:
     chain = json.loads((run / "04-export" / "exits.json").read_text())
     segments = chain["precisions"][block["precision"]]["segments"]
     runner = ChainRunner([run / "04-export" / s["file"] for s in segments], [s["features_layout"] for s in segments])
-    recipe = load_recipe(next(run.parent.glob(f"{run.name}.yaml")))
-    data = build_data(recipe.data, seed=recipe.seed)
+    data = run_data(run)
     xs, ys = zip(*data.batches("test", limit=block["samples"]))
     logits = runner.all_exits(np.concatenate(xs).transpose(0, 2, 3, 1))
     right = logits.argmax(-1) == np.concatenate(ys)[None, :]

@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 
 from .bundle import DataBundle, random_shift, split_indices, stratified_indices
 from .identity import digits_identity, mnist5k_identity
-from .mnist5k import load_mnist5k_arrays
+from .mnist5k import load_mnist5k_arrays, read_mnist5k_file
 
 DIGIT_NAMES = [str(d) for d in range(10)]
 
@@ -29,8 +29,9 @@ def load_digits_bundle(config, seed: int) -> DataBundle:
 
 
 def load_mnist5k_bundle(config, seed: int) -> DataBundle:
-    arrays = load_mnist5k_arrays()
-    fingerprint = mnist5k_identity(config, seed).fingerprint
+    shipped = read_mnist5k_file()  # read and verified once for both
+    arrays = load_mnist5k_arrays(shipped)
+    fingerprint = mnist5k_identity(config, seed, shipped).fingerprint
     return bundle_from_arrays("mnist5k", arrays.images, arrays.labels, config, seed, fingerprint)
 
 

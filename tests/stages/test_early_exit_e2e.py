@@ -34,7 +34,14 @@ stages:
 
 
 def test_export_writes_a_chain_checked_against_torch(exit_run):
-    _, out, metrics = exit_run
+    from edge_pipeline.compress.early_exit import choose_threshold
+    from edge_pipeline.convert.segments import ChainRunner
+    from edge_pipeline.data import build_data
+    from edge_pipeline.recipe import load_recipe
+
+    recipe, out, metrics = exit_run
+    loaded = load_recipe(recipe)
+    data = build_data(loaded.data, seed=loaded.seed)
     export = next(s for s in metrics["stages"] if s["type"] == "export")
     assert {a["precision"] for a in export["artifacts"]} == {"float32", "int8"}  # the plain files, as without exits
     chain = json.loads((out / "04-export" / "exits.json").read_text())
@@ -48,6 +55,12 @@ def test_export_writes_a_chain_checked_against_torch(exit_run):
         # each precision's threshold is chosen on validation from its own files' logits, and applied on test
         assert facts["adaptive"]["threshold"] == facts["threshold"] == facts["val"]["threshold"]
         assert facts["val"]["accuracy"] >= facts["val"]["reference_accuracy"] - stage["max_accuracy_drop"] - 1e-9
+        runner = ChainRunner([out / "04-export" / s["file"] for s in facts["segments"]], [s["features_layout"] for s in facts["segments"]])
+        xs, ys = zip(*data.batches("val"))
+        val_logits = runner.all_exits(np.concatenate(xs).transpose(0, 2, 3, 1))
+        own, _ = choose_threshold(val_logits, np.concatenate(ys), chain["measure"], [e["macs"] for e in chain["exits"]],
+                                  stage["max_accuracy_drop"])
+        assert facts["threshold"] == own.threshold  # from these files' logits, not torch's
     float32 = chain["precisions"]["float32"]
     assert all(s["max_rel_error"] <= 1e-4 and s["agreement"] == 1.0 for s in float32["segments"])
     torch_accuracy = [e["test_accuracy"] for e in stage["exits"]]
